@@ -1,0 +1,61 @@
+# Two commands on a fresh machine:  `make course`  and  `make test`  (see README).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NBVAL_TIMEOUT ?= 900
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export GRADIO_ANALYTICS_ENABLED := False
+export TOKENIZERS_PARALLELISM := false
+export PYTHONUTF8 := 1
+
+.PHONY: venv course test test-helpers test-notebooks lab strip browser bench clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first: on these machines `torch==2.13.0` is the CPU build on local disk
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+## Execute every notebook headless (tiny profile); executed copies go to build/executed/.
+course: venv
+	$(PY) -m helpers.course run --profile tiny --out build/executed
+
+## helpers tests (pytest) + every notebook under nbval.
+test: venv browser
+	$(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NBVAL_TIMEOUT) -p no:cacheprovider
+
+test-helpers: venv
+	$(PY) -m pytest tests -p no:cacheprovider
+
+test-notebooks: venv
+	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NBVAL_TIMEOUT) -p no:cacheprovider
+
+## Headless Debian chromium for the web UI test (needs root/apt; skipped with a note otherwise).
+browser:
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	  || echo "warning: could not install chromium; the browser test will be skipped"; \
+	else echo "note: chromium not installed (sudo apt-get install chromium); the browser test will be skipped"; fi
+
+## JupyterLab on 127.0.0.1 (as root it needs --allow-root, which we pass only for root).
+lab: venv
+	$(VENV)/bin/jupyter lab --ip=127.0.0.1 --no-browser --notebook-dir=notebooks $$( [ "$$(id -u)" = "0" ] && echo --allow-root )
+
+## Strip outputs from notebooks (the committed state).
+strip: venv
+	$(PY) -m helpers.course strip
+
+bench: venv
+	@for b in benchmarks/p*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf build workspace

@@ -1,0 +1,98 @@
+"""Text generation shared by inference, the web UI, the API server and the LangChain steps.
+
+Defaults follow the original ``inference_hf.py``: temperature 0.2, top_k 40, top_p 0.9,
+repetition_penalty 1.1, max_new_tokens 400.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+GENERATION_DEFAULTS = dict(temperature=0.2, top_k=40, top_p=0.9, num_beams=1, do_sample=True,
+                           repetition_penalty=1.1, max_new_tokens=400)
+
+
+def generation_kwargs(tokenizer, **overrides) -> dict:
+    """Keyword arguments for ``model.generate``: the defaults, ``overrides``, and pad/eos ids.
+
+    ``temperature=0`` (or ``do_sample=False``) means greedy decoding.
+    """
+    kw = dict(GENERATION_DEFAULTS)
+    kw.update({k: v for k, v in overrides.items() if v is not None})
+    if kw.get("temperature", 1.0) <= 0 or not kw.get("do_sample", True):
+        kw["do_sample"] = False
+        for key in ("temperature", "top_k", "top_p"):
+            kw.pop(key, None)
+    kw.setdefault("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id)
+    kw.setdefault("eos_token_id", tokenizer.eos_token_id)
+    return kw
+
+
+def _device(model):
+    return next(model.parameters()).device
+
+
+def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, **gen) -> list[str]:
+    """Generate for many prompts, ``batch_size`` at a time with left padding; returns only new text."""
+    import torch
+
+    kw = generation_kwargs(tokenizer, **gen)
+    tokenizer.padding_side = "left"
+    outputs: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        batch = prompts[i:i + batch_size]
+        enc = tokenizer(batch, return_tensors="pt", padding=True).to(_device(model))
+        with torch.inference_mode():
+            out = model.generate(**enc, **kw)
+        new = out[:, enc["input_ids"].shape[1]:]
+        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+    return outputs
+
+
+def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel: threading.Event | None = None,
+           **gen) -> Iterator[str]:
+    """Yield new text pieces as they are generated; ends at EOS, ``max_new_tokens``, a stop string or ``cancel``."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    cancel = cancel or threading.Event()
+
+    class _Cancel(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return cancel.is_set()
+
+    kw = generation_kwargs(tokenizer, **gen)
+    enc = tokenizer(prompt, return_tensors="pt").to(_device(model))
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    errors: list[BaseException] = []
+
+    def work():
+        try:
+            with torch.inference_mode():
+                model.generate(**enc, **kw, streamer=streamer, stopping_criteria=StoppingCriteriaList([_Cancel()]))
+        except BaseException as e:  # surfaced in the consumer thread
+            errors.append(e)
+            streamer.end()
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    text = ""
+    try:
+        for piece in streamer:
+            if not piece:
+                continue
+            if stop:
+                combined = text + piece
+                cut = min((combined.find(s) for s in stop if s and s in combined), default=-1)
+                if cut >= 0:
+                    if cut > len(text):
+                        yield combined[len(text):cut]
+                    cancel.set()
+                    break
+            text += piece
+            yield piece
+    finally:
+        cancel.set()
+        thread.join()
+    if errors:
+        raise errors[0]

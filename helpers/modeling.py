@@ -1,0 +1,67 @@
+"""Loading a course model the way the original scripts do (inference_hf.py, the web UI, the API server).
+
+``load_model(base_model, lora_model=..., tokenizer_path=...)``: tokenizer from ``tokenizer_path`` or the
+LoRA folder or the base; embeddings resized to the tokenizer *before* a LoRA with a larger vocabulary
+is loaded; fp16 on GPU, fp32 on CPU; ``trust_remote_code`` off.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .core import CourseError, pick_device
+
+
+def pick_dtype(device: str):
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model(base_model: str | Path, lora_model: str | Path | None = None, tokenizer_path: str | Path | None = None,
+               device: str | None = None, dtype=None, load_in_8bit: bool = False, gpus: str | None = None):
+    """Returns ``(model, tokenizer)`` in eval mode. ``lora_model`` may be a PEFT adapter folder."""
+    import os
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .tokenizer import load_tokenizer
+
+    if gpus is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    device = device or pick_device()
+    dtype = dtype or pick_dtype(device)
+    for flag, value in (("--base_model", base_model), ("--lora_model", lora_model), ("--tokenizer_path", tokenizer_path)):
+        if value is not None and not Path(value).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise CourseError(f"{flag} {value}: folder not found (offline mode cannot download; check the path)")
+    tok_src = tokenizer_path or lora_model or base_model
+    tokenizer = load_tokenizer(tok_src)
+    kwargs = dict(dtype=dtype, trust_remote_code=False, low_cpu_mem_usage=True)
+    if load_in_8bit:
+        if not device.startswith("cuda"):
+            raise CourseError("--load_in_8bit needs a CUDA GPU and bitsandbytes; on CPU drop the flag")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=True)
+        kwargs["device_map"] = "auto"
+    model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    if vocab != len(tokenizer):
+        if len(tokenizer) < vocab and lora_model is None:
+            raise CourseError(
+                f"tokenizer {tok_src} has {len(tokenizer)} tokens but the model {base_model} has {vocab}: "
+                "pass the tokenizer that was saved with this model (--tokenizer_path)")
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    if lora_model is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(lora_model), torch_dtype=dtype)
+    if not load_in_8bit:
+        model.to(device)
+    model.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token  # LLaMA has no pad token; unk is never predicted
+    tokenizer.padding_side = "left"
+    return model, tokenizer
