@@ -1,0 +1,818 @@
+"""Course step 04: merge LoRA adapters into the base model, shard by shard, and package adapters.
+
+``python -m helpers.merge --base_model DIR --lora_model a,b --output_type huggingface|pth --output_dir DIR``
+works like the original ``merge_llama_with_chinese_lora.py``: the LoRAs are applied left to right
+(Chinese-LLaMA-LoRA first, then Chinese-Alpaca-LoRA); for each one the vocabulary is resized to its
+tokenizer, ``modules_to_save`` (embed_tokens / lm_head) replace the base tensors and every targeted
+weight gets ``W += B @ A * scaling``. ``python -m helpers.merge verify DIR`` checks a folder against
+its ``SHA256SUMS``.
+
+Streaming: the whole merge plan (every output tensor's name, shape and dtype) is known from the
+shard headers and the adapters before any weight is read, so output safetensors files are written
+tensor by tensor (header first) while the base is read one tensor at a time. Peak memory is about
+one input shard's mapped pages plus the adapters, never the whole model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import mmap
+import re
+import shutil
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .core import CourseError
+from .io import MANIFEST, atomic_dir, read_json, verify_manifest, write_json, write_manifest
+
+EMBED = "model.embed_tokens.weight"
+LM_HEAD = "lm_head.weight"
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+# Meta's release: shards per model size, keyed by hidden size (as in merge_llama_with_chinese_lora.py).
+META_NUM_SHARDS = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
+ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+class MergeError(CourseError):
+    """A merge that cannot be done as asked; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------- reading the base
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, ST_DTYPES[name])
+
+
+def _st_name(dtype) -> str:
+    import torch
+
+    for k, v in ST_DTYPES.items():
+        if getattr(torch, v) == dtype:
+            return k
+    raise MergeError(f"dtype {dtype} cannot be written to safetensors")
+
+
+def base_weight_files(base_model: str | Path) -> list[Path]:
+    """The base model's weight files in order (safetensors or .bin, single file or sharded with an index)."""
+    base = Path(base_model)
+    if not (base / "config.json").is_file():
+        raise MergeError(f"--base_model {base}: no config.json; pass a Hugging Face model folder "
+                         "(convert Meta's consolidated.*.pth first with python -m helpers.convert)")
+    for index, single in (("model.safetensors.index.json", "model.safetensors"),
+                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        if (base / index).is_file():
+            weight_map = read_json(base / index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise MergeError(f"{base / index}: no 'weight_map'; the index file is damaged")
+            files = list(dict.fromkeys(weight_map.values()))
+            missing = [f for f in files if not (base / f).is_file()]
+            if missing:
+                raise MergeError(f"{base / index} lists {missing} but they are missing from {base}; download them again")
+            return [base / f for f in files]
+        if (base / single).is_file():
+            return [base / single]
+    raise MergeError(f"--base_model {base}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) found")
+
+
+class _Reader:
+    """Read tensors of one weight file one at a time (safetensors: memory-mapped; .bin: weights_only, mmap)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._st = None
+        self._sd = None
+        try:
+            if path.suffix == ".safetensors":
+                from safetensors import safe_open
+
+                self._st = safe_open(str(path), framework="pt")
+                self.keys = list(self._st.keys())
+            else:
+                import torch
+
+                try:
+                    self._sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:
+                    if "mmap" not in str(e):
+                        raise
+                    self._sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+                if not isinstance(self._sd, dict):
+                    raise MergeError(f"{path}: expected a state dict, found {type(self._sd).__name__}")
+                self.keys = list(self._sd)
+        except MergeError:
+            raise
+        except Exception as e:
+            raise MergeError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:200]}). The file looks truncated "
+                             "or corrupt: download it again and compare its SHA256 with the published value") from e
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        if self._st is not None:
+            return tuple(self._st.get_slice(key).get_shape())
+        return tuple(self._sd[key].shape)
+
+    def dtype(self, key: str):
+        if self._st is not None:
+            return _torch_dtype(self._st.get_slice(key).get_dtype())
+        return self._sd[key].dtype
+
+    def get(self, key: str):
+        try:
+            return self._st.get_tensor(key) if self._st is not None else self._sd[key]
+        except Exception as e:
+            raise MergeError(f"{self.path}: cannot read tensor {key} ({e}); the file looks truncated or corrupt") from e
+
+    def close(self):
+        self._st = self._sd = None
+
+
+# --------------------------------------------------------------------------- adapters
+@dataclass
+class Adapter:
+    """One PEFT LoRA folder, fully in memory (adapters are small next to the base)."""
+
+    path: Path
+    config: dict
+    lora: dict = field(default_factory=dict)         # base key -> (A, B)
+    replace: dict = field(default_factory=dict)      # base key -> full tensor (modules_to_save)
+    original: dict = field(default_factory=dict)     # base key -> base tensor the adapter was trained on
+    tokenizer_len: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def vocab_size(self) -> int | None:
+        """Rows of the adapter's embedding (modules_to_save), else its tokenizer's length, else None."""
+        if EMBED in self.replace:
+            return self.replace[EMBED].shape[0]
+        return self.tokenizer_len
+
+    def scaling(self, key: str) -> float:
+        """``alpha / r`` (``alpha / sqrt(r)`` with rslora) with PEFT's rank_pattern / alpha_pattern."""
+        module = key.rsplit(".weight", 1)[0]
+        r = _pattern_value(self.config.get("rank_pattern") or {}, module, self.config["r"])
+        alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
+        return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
+
+    def delta(self, key: str):
+        """``B @ A * scaling`` in float32 for base weight ``key`` (transposed when ``fan_in_fan_out``)."""
+        a, b = self.lora[key]
+        d = (b.float() @ a.float()) * self.scaling(key)
+        return d.T if self.config.get("fan_in_fan_out") else d
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    for pat, value in patterns.items():  # the same regex as peft.utils.other.get_pattern_key
+        if re.match(rf"(.*\.)?({pat})$", module):
+            return value
+    return default
+
+
+_LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
+
+
+def load_adapter(path: str | Path) -> Adapter:
+    """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors/.bin + tokenizer)."""
+    import torch
+
+    from .tokenizer import load_tokenizer
+
+    path = Path(path)
+    if not (path / "adapter_config.json").is_file():
+        raise MergeError(f"--lora_model {path}: no adapter_config.json; pass a PEFT LoRA folder "
+                         "(adapter_config.json + adapter_model.safetensors)")
+    config = read_json(path / "adapter_config.json")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise MergeError(f"{path / 'adapter_config.json'}: peft_type {config.get('peft_type')!r}; only LoRA adapters can be merged here")
+    if config.get("use_dora"):
+        raise MergeError(f"{path}: DoRA adapters are not supported by the streaming merge; use PEFT's merge_and_unload")
+    if config.get("bias", "none") != "none" or config.get("lora_bias"):
+        raise MergeError(f"{path}: LoRA biases are not supported by the streaming merge; use PEFT's merge_and_unload")
+    weights = path / "adapter_model.safetensors"
+    try:
+        if weights.is_file():
+            from safetensors.torch import load_file
+
+            sd = load_file(str(weights))
+        elif (path / "adapter_model.bin").is_file():
+            weights = path / "adapter_model.bin"
+            sd = torch.load(weights, map_location="cpu", weights_only=True)
+        else:
+            raise MergeError(f"--lora_model {path}: no adapter_model.safetensors or adapter_model.bin")
+    except MergeError:
+        raise
+    except Exception as e:
+        raise MergeError(f"{weights}: cannot read it ({type(e).__name__}: {str(e)[:200]}). The file looks truncated "
+                         "or corrupt: download it again and compare its SHA256") from e
+    ad = Adapter(path, config)
+    saved = [m.split(".")[-1] for m in (config.get("modules_to_save") or [])]
+    pairs: dict[str, dict] = {}
+    for key, t in sd.items():
+        k = key.removeprefix("base_model.model.")
+        m = _LORA_KEY.match(k)
+        if m:
+            pairs.setdefault(m["mod"] + ".weight", {})[m["ab"]] = t
+        elif ".original_module." in k:
+            ad.original[k.replace(".original_module.", ".")] = t
+        elif ".modules_to_save." in k:
+            ad.replace[re.sub(r"\.modules_to_save(\.[^.]+)?\.", ".", k)] = t
+        elif k.rsplit(".", 2)[-2] in saved:  # older PEFT saved modules_to_save without the infix
+            ad.replace.setdefault(k, t)
+        else:
+            raise MergeError(f"{weights}: tensor {key} is neither a LoRA A/B matrix nor a modules_to_save weight; "
+                             "this kind of adapter (e.g. LoRA on embeddings, DoRA) needs PEFT's merge_and_unload")
+    for key, ab in pairs.items():
+        if set(ab) != {"A", "B"}:
+            raise MergeError(f"{weights}: {key} has lora_{''.join(ab)} but not both lora_A and lora_B; the adapter is incomplete")
+        ad.lora[key] = (ab["A"], ab["B"])
+    if any((path / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
+        ad.tokenizer_len = len(load_tokenizer(path))
+    return ad
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    """What a merge will do, checked before any weight is written."""
+
+    base_model: Path
+    files: list[Path]
+    keys: list[tuple[int, str]]          # (file index, key) in output order
+    shapes: dict                          # key -> final shape
+    dtypes: dict                          # key -> dtype
+    adapters: list[Adapter]
+    vocab_steps: list[int]                # base vocab, then after each LoRA
+    config: dict
+
+    def table(self) -> list[dict]:
+        """One row per step: LoRA, tokenizer length, vocab before/after, targeted weights, scaling."""
+        rows = [{"step": "base", "folder": self.base_model.name, "tokenizer": None, "vocab": self.vocab_steps[0],
+                 "lora_weights": 0, "modules_to_save": ""}]
+        for i, ad in enumerate(self.adapters):
+            rows.append({"step": f"LoRA {i + 1}", "folder": ad.name, "tokenizer": ad.tokenizer_len,
+                         "vocab": self.vocab_steps[i + 1], "lora_weights": len(ad.lora),
+                         "modules_to_save": ",".join(k.split(".")[-2] for k in ad.replace)})
+        return rows
+
+
+def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> Plan:
+    """Check the base and the LoRAs against each other and return the merge plan (no weights written).
+
+    Raises :class:`MergeError` for wrong order, vocabulary mismatches, adapters made for another base,
+    unreadable files.
+    """
+    base = Path(base_model)
+    files = base_weight_files(base)
+    config = read_json(base / "config.json")
+    paths = _split_loras(lora_models)
+    adapters = [load_adapter(p) for p in paths]
+    keys, shapes, dtypes, where = [], {}, {}, {}
+    for i, f in enumerate(files):
+        r = _Reader(f)
+        for k in r.keys:
+            keys.append((i, k))
+            shapes[k], dtypes[k], where[k] = r.shape(k), r.dtype(k), i
+        r.close()
+    if EMBED not in shapes:
+        raise MergeError(f"--base_model {base}: no {EMBED}; is this a LLaMA-family model?")
+    vocab = shapes[EMBED][0]
+    if config.get("vocab_size") not in (None, vocab):
+        raise MergeError(f"{base / 'config.json'}: vocab_size {config['vocab_size']} but {EMBED} has {vocab} rows; "
+                         "the config does not belong to these weights")
+    steps, real_rows, current_embed = [vocab], vocab, None
+    for n, ad in enumerate(adapters):
+        _check_adapter_vocab(ad, paths, n, vocab, adapters)
+        new_vocab = ad.vocab_size or vocab
+        for key in (EMBED, LM_HEAD):
+            if key in ad.replace:
+                if key not in shapes:
+                    raise MergeError(f"{ad.path}: replaces {key} but the base has no such tensor (tied embeddings?)")
+                want = (new_vocab, shapes[key][1])
+                if tuple(ad.replace[key].shape) != want:
+                    raise MergeError(f"{ad.path}: modules_to_save tensor {key} has shape {tuple(ad.replace[key].shape)} "
+                                     f"but the base needs {want} at this step: the adapter was made for another base model")
+        for key, (a, b) in ad.lora.items():
+            if key not in shapes:
+                raise MergeError(f"{ad.path}: LoRA targets {key} but the base {base} has no such tensor: "
+                                 "the adapter was made for another base model (different architecture or depth)")
+            got = (b.shape[0], a.shape[1])
+            got = got[::-1] if ad.config.get("fan_in_fan_out") else got
+            if tuple(got) != tuple(shapes[key]) or a.shape[0] != b.shape[1]:
+                raise MergeError(
+                    f"{ad.path}: adapter tensors for {key} give B@A of shape {tuple(got)} "
+                    f"(lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}) but the base tensor {key} has shape "
+                    f"{tuple(shapes[key])}: the adapter was made for another base model "
+                    "(e.g. a LLaMA-2 GQA model has fewer key/value heads); use the base it was trained on")
+        if check_base and EMBED in ad.original:
+            if current_embed is None:
+                r = _Reader(files[where[EMBED]])
+                current_embed = r.get(EMBED).float()
+                r.close()
+            _check_trained_on(ad, current_embed, real_rows)
+        if EMBED in ad.replace:
+            current_embed, real_rows = ad.replace[EMBED].float(), new_vocab
+        elif current_embed is not None and new_vocab != current_embed.shape[0]:
+            current_embed = _resize_rows(current_embed, new_vocab)
+        if new_vocab != vocab and EMBED not in ad.replace:
+            warnings.warn(f"{ad.path}: the vocabulary grows {vocab} -> {new_vocab} but the adapter does not train "
+                          "embed_tokens/lm_head (no modules_to_save); new rows get the mean embedding", stacklevel=2)
+        vocab = new_vocab
+        steps.append(vocab)
+    for key in (EMBED, LM_HEAD):
+        if key in shapes:
+            shapes[key] = (vocab, shapes[key][1])
+    return Plan(base, files, keys, shapes, dtypes, adapters, steps, config)
+
+
+def _split_loras(lora_models) -> list[Path]:
+    if isinstance(lora_models, (str, Path)):
+        lora_models = [p for p in str(lora_models).split(",") if p.strip()]
+    paths = [Path(str(p).strip()) for p in lora_models]
+    if not paths:
+        raise MergeError("--lora_model: give at least one LoRA folder (several: comma-separated, in training order)")
+    for p in paths:
+        if not p.is_dir():
+            raise MergeError(f"--lora_model {p}: folder not found (offline: the course never downloads adapters)")
+    return paths
+
+
+def _check_adapter_vocab(ad: Adapter, paths, n: int, vocab: int, adapters) -> None:
+    rows = ad.replace[EMBED].shape[0] if EMBED in ad.replace else None
+    if rows is not None and ad.tokenizer_len is not None and rows != ad.tokenizer_len:
+        raise MergeError(
+            f"{ad.path}: its tokenizer has {ad.tokenizer_len} tokens but its embed_tokens has {rows} rows. "
+            "A LoRA must be merged with the tokenizer it was trained with (the one in its own folder). "
+            "In the real release Chinese-LLaMA's tokenizer has 49953 tokens and Chinese-Alpaca's 49954 "
+            "(49953 + [PAD]): mixing them up gives exactly this 49953 vs 49954 mismatch.")
+    new = ad.vocab_size
+    if new is not None and new < vocab:
+        prev = adapters[n - 1].name if n else "the base model"
+        raise MergeError(
+            f"--lora_model order: {ad.name} (vocabulary {new}) comes after {prev} (vocabulary {vocab}); the "
+            f"vocabulary would shrink from {vocab} to {new} and drop trained rows. LoRAs are applied left to right "
+            "in the order they were trained: the pre-training LoRA first (Chinese-LLaMA, 49953 tokens), then the "
+            "instruction LoRA trained on top of it (Chinese-Alpaca, 49954 tokens). Pass "
+            f"--lora_model {','.join(str(p) for p in sorted(paths, key=lambda p: _vocab_of(p, adapters, paths)))}")
+
+
+def _vocab_of(p, adapters, paths) -> int:
+    return adapters[list(paths).index(p)].vocab_size or 0
+
+
+def _check_trained_on(ad: Adapter, current, real_rows: int) -> None:
+    orig = ad.original[EMBED].float()
+    n = min(real_rows, orig.shape[0], current.shape[0])
+    diff = (orig[:n] - current[:n]).abs().max().item()
+    if diff > 1e-3 + 1e-2 * current[:n].abs().max().item():
+        raise MergeError(
+            f"{ad.path}: the adapter stores the embedding it was trained on, and it differs from the current "
+            f"{EMBED} (max |diff| {diff:.3g} over the first {n} rows): the adapter was made for another base. "
+            "Chinese-Alpaca-Plus LoRA was trained on top of the merged Chinese-LLaMA-Plus LoRA, so merge that "
+            "first (--lora_model llama_lora,alpaca_lora), or pass --skip_base_check if you are sure.")
+
+
+def _resize_rows(w, rows: int):
+    """Grow (rows > current) with the mean row, deterministic; never shrinks."""
+    import torch
+
+    if rows <= w.shape[0]:
+        return w
+    extra = w.float().mean(0, keepdim=True).expand(rows - w.shape[0], -1).to(w.dtype)
+    return torch.cat([w, extra], 0)
+
+
+def merged_tensor(plan: Plan, key: str, w):
+    """The base tensor ``w`` after every LoRA in order (resize, modules_to_save, ``W += B@A*s``)."""
+    dtype = w.dtype
+    for ad, vocab in zip(plan.adapters, plan.vocab_steps[1:]):
+        if key in (EMBED, LM_HEAD):
+            w = ad.replace[key] if key in ad.replace else _resize_rows(w, vocab)
+        if key in ad.lora:
+            # round to the base dtype after each LoRA, as saving the intermediate merged model would
+            w = (w.float() + ad.delta(key)).to(dtype)
+    return w.to(dtype).contiguous()
+
+
+# --------------------------------------------------------------------------- writing
+def parse_size(size: str | int) -> int:
+    """``"2GB"`` -> 2_000_000_000 (``GiB``/``MiB`` binary), ints pass through."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", str(size), re.I)
+    if not m:
+        raise MergeError(f"--max_shard_size {size!r}: use a size such as 2GB, 500MB or 1GiB")
+    unit = (m[2] or "B").upper()
+    mult = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+            "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    return int(float(m[1]) * mult)
+
+
+class StreamingSafetensorsWriter:
+    """Write one safetensors file tensor by tensor: the header comes from the known names/shapes/dtypes.
+
+    Written by hand because the safetensors library only saves whole in-memory dicts.
+    """
+
+    def __init__(self, path: Path, specs: list[tuple[str, tuple, object]], metadata: dict | None = None):
+        header, offset = {}, 0
+        for name, shape, dtype in specs:
+            n = math.prod(shape) * _element_size(dtype)
+            header[name] = {"dtype": _st_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        if metadata:
+            header["__metadata__"] = metadata
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.path, self.specs, self.i = path, specs, 0
+        self.data_start = 8 + len(raw)
+        self.offsets = {name: header[name]["data_offsets"][0] for name, _, _ in specs}
+        self.f = open(path, "wb")
+        self.f.write(len(raw).to_bytes(8, "little") + raw)
+
+    def write(self, name: str, t) -> None:
+        want_name, shape, dtype = self.specs[self.i]
+        if name != want_name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
+            raise RuntimeError(f"{self.path}: expected {want_name} {shape} {dtype}, got {name} {tuple(t.shape)} {t.dtype}")
+        self.f.write(memoryview(t.contiguous().reshape(-1).view(__import__("torch").uint8).numpy()))
+        self.i += 1
+
+    def close(self) -> None:
+        if self.i != len(self.specs):
+            raise RuntimeError(f"{self.path}: only {self.i} of {len(self.specs)} tensors written")
+        self.f.close()
+
+
+def _element_size(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _group_by_size(specs: list, max_bytes: int) -> list[list]:
+    groups, cur, size = [], [], 0
+    for s in specs:
+        n = math.prod(s[1]) * _element_size(s[2])
+        if cur and size + n > max_bytes:
+            groups.append(cur)
+            cur, size = [], 0
+        cur.append(s)
+        size += n
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+def _meta_name(key: str) -> tuple[str, str | None]:
+    """HF key -> (Meta key, 'q'/'k' when rows need the rotary permutation)."""
+    from .convert import HF_NAMES
+
+    fixed = {EMBED: "tok_embeddings.weight", "model.norm.weight": "norm.weight", LM_HEAD: "output.weight"}
+    if key in fixed:
+        return fixed[key], None
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", key)
+    inverse = {v: k for k, v in HF_NAMES.items()}
+    if not m or m[2] not in inverse:
+        raise MergeError(f"{key}: no Meta (pth) name for this tensor; use --output_type huggingface")
+    meta = inverse[m[2]]
+    return f"layers.{m[1]}.{meta}.weight", {"attention.wq": "q", "attention.wk": "k"}.get(meta)
+
+
+def meta_params(config: dict) -> dict:
+    """``params.json`` for the merged model via :func:`helpers.convert.meta_params_from_config` (multiple_of found)."""
+    from transformers import LlamaConfig
+
+    from .convert import meta_params_from_config
+
+    cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
+    for multiple_of in (256, 128, 64, 32, 16, 8, 4, 2, 1):
+        try:
+            return meta_params_from_config(cfg, multiple_of=multiple_of)
+        except ValueError:
+            continue
+    raise MergeError(f"intermediate_size {cfg.intermediate_size} follows no LLaMA multiple_of rule; use --output_type huggingface")
+
+
+@dataclass
+class MergeResult:
+    output_dir: Path
+    output_type: str
+    vocab_size: int
+    files: list[str]
+    seconds: float
+    plan: Plan
+
+
+def merge_lora_into(base_model: str | Path, lora_models, output_dir: str | Path, output_type: str = "huggingface",
+                    overwrite: bool = False, max_shard_size: str | int = "2GB", num_shards: int | None = None,
+                    check_base: bool = True, progress: bool = True) -> MergeResult:
+    """Merge the LoRAs (in order) into ``base_model`` and write ``output_dir`` atomically; returns a MergeResult.
+
+    ``output_type="huggingface"``: sharded safetensors + index, ``config.json`` (vocab updated), the last
+    LoRA's tokenizer, a model card. ``"pth"``: Meta's ``consolidated.0N.pth`` (shards per model size, or
+    ``num_shards``) + ``params.json`` + ``tokenizer.model``. Both get a ``SHA256SUMS`` manifest.
+    """
+    from tqdm.auto import tqdm
+
+    if output_type not in ("huggingface", "pth"):
+        raise MergeError(f"--output_type {output_type!r}: choose huggingface or pth")
+    out = Path(output_dir)
+    if out.exists() and not overwrite:
+        raise MergeError(f"--output_dir {out}: folder already exists; pass --overwrite to replace it (or choose another folder)")
+    start = time.perf_counter()
+    plan = plan_merge(base_model, lora_models, check_base=check_base)
+    max_bytes = parse_size(max_shard_size)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        bar = tqdm(total=len(plan.keys), desc="merge", unit="tensor", disable=not progress)
+        if output_type == "huggingface":
+            _write_hf(plan, tmp, max_bytes, bar)
+        else:
+            _write_pth(plan, tmp, num_shards, bar)
+        bar.close()
+        _copy_tokenizer(plan, tmp, output_type)
+        write_model_card(tmp, merged_card(plan, output_type))
+        write_manifest(tmp)
+        files = sorted(p.name for p in tmp.iterdir())
+    return MergeResult(out, output_type, plan.vocab_steps[-1], files, time.perf_counter() - start, plan)
+
+
+def _iter_merged(plan: Plan, bar):
+    """Yield ``(key, merged tensor)`` in plan order, reading one base file at a time."""
+    reader, current = None, -1
+    for i, key in plan.keys:
+        if i != current:
+            if reader is not None:
+                reader.close()
+            reader, current = _Reader(plan.files[i]), i
+        yield key, merged_tensor(plan, key, reader.get(key))
+        bar.update(1)
+    if reader is not None:
+        reader.close()
+
+
+def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
+    specs = [(k, plan.shapes[k], plan.dtypes[k]) for _, k in plan.keys]
+    groups = _group_by_size(specs, max_bytes)
+    names = (["model.safetensors"] if len(groups) == 1 else
+             [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
+    it = _iter_merged(plan, bar)
+    weight_map, total = {}, 0
+    for name, group in zip(names, groups):
+        w = StreamingSafetensorsWriter(tmp / name, group, {"format": "pt"})
+        for _ in group:
+            key, t = next(it)
+            w.write(key, t)
+            weight_map[key] = name
+            total += t.numel() * t.element_size()
+        w.close()
+    if len(groups) > 1:
+        write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
+    config = dict(plan.config, vocab_size=plan.vocab_steps[-1])
+    write_json(tmp / "config.json", config)
+    gen = plan.base_model / "generation_config.json"
+    if gen.is_file():
+        shutil.copyfile(gen, tmp / "generation_config.json")
+
+
+def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
+    """Merged tensors -> Meta layout, split per rank into temporary safetensors, then one torch.save per rank.
+
+    ``torch.save`` needs a dict of tensors: they are memory-mapped from the temporary file, so the pages
+    are file-backed (evictable), not a second in-memory copy of the model.
+    """
+    import torch
+
+    from .convert import permute_hf_to_meta, split_meta_shards
+
+    cfg = plan.config
+    n = num_shards or META_NUM_SHARDS.get(cfg["hidden_size"], 1)
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    specs: list[list] = [[] for _ in range(n)]
+    for _, key in plan.keys:
+        meta, _ = _meta_name(key)
+        fake = torch.empty(plan.shapes[key], dtype=plan.dtypes[key], device="meta")
+        for rank, piece in enumerate(split_meta_shards({meta: fake}, n)):
+            specs[rank].append((meta, tuple(piece[meta].shape), plan.dtypes[key]))
+    staging = tmp / ".staging"
+    staging.mkdir()
+    writers = [StreamingSafetensorsWriter(staging / f"rank{r}.safetensors", specs[r]) for r in range(n)]
+    for key, t in _iter_merged(plan, bar):
+        meta, perm = _meta_name(key)
+        if perm:
+            t = permute_hf_to_meta(t, heads if perm == "q" else kv)
+        for w, piece in zip(writers, split_meta_shards({meta: t}, n)):
+            w.write(meta, piece[meta])
+    for r, w in enumerate(writers):
+        w.close()
+        torch.save(_mmap_tensors(w), tmp / f"consolidated.{r:02d}.pth")
+        (staging / f"rank{r}.safetensors").unlink()
+    staging.rmdir()
+    write_json(tmp / "params.json", meta_params(cfg))
+
+
+def _mmap_tensors(w: StreamingSafetensorsWriter) -> dict:
+    """Zero-copy tensors over a file written by :class:`StreamingSafetensorsWriter`."""
+    import torch
+
+    f = open(w.path, "rb")
+    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    out = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # read-only buffer: torch warns that it is not writable
+        for name, shape, dtype in w.specs:
+            count = math.prod(shape)
+            start = w.data_start + w.offsets[name]
+            if count == 0:
+                out[name] = torch.empty(shape, dtype=dtype)
+                continue
+            out[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=start).view(shape)
+    return out
+
+
+def _copy_tokenizer(plan: Plan, tmp: Path, output_type: str) -> None:
+    src = next((ad.path for ad in reversed(plan.adapters)
+                if any((ad.path / f).is_file() for f in TOKENIZER_FILES)), plan.base_model)
+    names = ("tokenizer.model",) if output_type == "pth" else TOKENIZER_FILES
+    for name in names:
+        if (src / name).is_file():
+            shutil.copyfile(src / name, tmp / name)
+
+
+# --------------------------------------------------------------------------- verification
+def verify(folder: str | Path, manifest: str | Path | None = None) -> dict:
+    """Check ``folder`` against its ``SHA256SUMS`` (or ``manifest``); raises MergeError naming bad files."""
+    folder = Path(folder)
+    man = Path(manifest) if manifest else folder / MANIFEST
+    if not man.is_file():
+        raise MergeError(f"{man}: manifest not found; pass --manifest FILE (sha256sum format)")
+    res = verify_manifest(folder, man)
+    bad = []
+    for kind, what in (("mismatch", "differs from the manifest (corrupt or changed)"), ("missing", "is missing")):
+        bad += [f"  {f}: {what}" for f in res[kind]]
+    if bad:
+        raise MergeError(f"{folder}: {len(bad)} file(s) fail the SHA256 check against {man}:\n" + "\n".join(bad)
+                         + "\nCopy or download these files again; do not use the folder until verify passes.")
+    return res
+
+
+# --------------------------------------------------------------------------- distribution
+def folder_size(folder: str | Path) -> int:
+    """Total bytes of the files under ``folder``."""
+    return sum(p.stat().st_size for p in Path(folder).rglob("*") if p.is_file())
+
+
+def write_model_card(folder: str | Path, text: str) -> Path:
+    from .io import atomic_write_text
+
+    return atomic_write_text(Path(folder) / "README.md", text)
+
+
+def merged_card(plan: Plan, output_type: str) -> str:
+    """Model card of a merged model: base, LoRAs in order, vocab, how to load."""
+    loras = "\n".join(f"{i + 1}. `{ad.name}` (r={ad.config['r']}, alpha={ad.config['lora_alpha']}, vocab "
+                      f"{plan.vocab_steps[i + 1]})" for i, ad in enumerate(plan.adapters))
+    load = ("from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            "model = AutoModelForCausalLM.from_pretrained(PATH, dtype='auto')\n"
+            "tokenizer = AutoTokenizer.from_pretrained(PATH)") if output_type == "huggingface" else (
+            "# Meta layout (consolidated.0N.pth + params.json), e.g. for llama.cpp's converter;\n"
+            "# python -m helpers.convert turns it into a Hugging Face folder")
+    return (f"---\nlibrary_name: transformers\ntags: [llama, chinese, lora-merged]\n---\n"
+            f"# Merged model ({output_type})\n\nBase model: `{plan.base_model.name}` (vocab {plan.vocab_steps[0]}).\n\n"
+            f"LoRAs merged in this order:\n\n{loras}\n\nFinal vocabulary: {plan.vocab_steps[-1]} tokens "
+            f"(tokenizer of the last LoRA).\n\n## Load\n\n```python\n{load}\n```\n\n"
+            f"Check the files first: `python -m helpers.merge verify PATH` (or `sha256sum -c {MANIFEST}`).\n")
+
+
+def adapter_card(config: dict, base_name: str, vocab: int | None) -> str:
+    """Model card of an adapter-only package: which base, how to resize and load it with PEFT."""
+    resize = f"base.resize_token_embeddings({vocab})\n" if vocab else ""
+    return (f"---\nlibrary_name: peft\nbase_model: {base_name}\ntags: [lora, llama, chinese]\n---\n"
+            f"# LoRA adapter for `{base_name}`\n\nThis folder holds only the adapter (r={config['r']}, "
+            f"alpha={config['lora_alpha']}, targets {', '.join(sorted(config.get('target_modules') or []))}; "
+            f"modules_to_save {config.get('modules_to_save')}) and its tokenizer ({vocab} tokens). You need the "
+            f"base model `{base_name}` too; the adapter does not work with another base.\n\n## Load\n\n```python\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\nfrom peft import PeftModel\n"
+            f"base = AutoModelForCausalLM.from_pretrained('{base_name}', dtype='auto')\n"
+            "tokenizer = AutoTokenizer.from_pretrained(ADAPTER_PATH)\n"
+            f"{resize}model = PeftModel.from_pretrained(base, ADAPTER_PATH)\n```\n\n"
+            f"Merge it for deployment: `python -m helpers.merge --base_model BASE --lora_model ADAPTER_PATH "
+            f"--output_type huggingface --output_dir OUT`. Check files with `sha256sum -c {MANIFEST}`.\n")
+
+
+def package_adapter(lora_model: str | Path, output_dir: str | Path, base_name: str, overwrite: bool = False) -> Path:
+    """Adapter-only distribution: adapter weights + config + tokenizer + model card + SHA256SUMS; returns the folder."""
+    src = Path(lora_model)
+    ad = load_adapter(src)
+    with atomic_dir(output_dir, overwrite=overwrite) as tmp:
+        for f in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin") + TOKENIZER_FILES:
+            if (src / f).is_file():
+                shutil.copyfile(src / f, tmp / f)
+        write_model_card(tmp, adapter_card(ad.config, base_name, ad.vocab_size))
+        write_manifest(tmp)
+    return Path(output_dir)
+
+
+# --------------------------------------------------------------------------- the PEFT way (reference, multi-adapter)
+def peft_reference(base_model: str | Path, lora_models, merge: bool = False):
+    """The model PEFT builds: base, resize, LoRA 1, merge_and_unload, resize, LoRA 2, ...
+
+    The last LoRA stays wrapped (a ``PeftModel``) unless ``merge``. Returns the model in eval mode.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    paths = _split_loras(lora_models)
+    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    for i, p in enumerate(paths):
+        vocab = load_adapter(p).vocab_size
+        if vocab and vocab != model.get_input_embeddings().weight.shape[0]:
+            model.resize_token_embeddings(vocab, mean_resizing=False)
+        model = PeftModel.from_pretrained(model, str(p))
+        if i < len(paths) - 1 or merge:
+            model = model.merge_and_unload()
+    return model.eval()
+
+
+def logits_of(model, input_ids):
+    """Float32 logits of ``model`` on ``input_ids`` (a list of ids or a 2-D tensor), no grad."""
+    import torch
+
+    ids = torch.as_tensor(input_ids)
+    ids = ids[None] if ids.dim() == 1 else ids
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+def make_task_adapters(base_model: str | Path, out_dir: str | Path, names=("poem", "qa"), seed: int = 7) -> dict[str, Path]:
+    """Small random LoRAs (q_proj/v_proj, r=4, no vocab change) on one base, for the multi-adapter demo."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    out = {}
+    for i, name in enumerate(names):
+        model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+        pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                              lora_dropout=0.0, task_type="CAUSAL_LM"))
+        torch.manual_seed(seed + i)
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0.0, 0.2)
+        target = Path(out_dir) / name
+        pm.save_pretrained(target, safe_serialization=True)
+        out[name] = target
+    return out
+
+
+# --------------------------------------------------------------------------- CLI
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers.merge", description=(
+        "Merge LoRA(s) into a Hugging Face LLaMA base, shard by shard. "
+        "Verify a folder: python -m helpers.merge verify DIR [--manifest FILE]"))
+    p.add_argument("--base_model", required=True, help="HF-format base model folder")
+    p.add_argument("--lora_model", required=True, help="LoRA folder(s), comma-separated, in training order")
+    p.add_argument("--output_type", default="huggingface", choices=["huggingface", "pth"])
+    p.add_argument("--output_dir", default="./merged")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
+    p.add_argument("--max_shard_size", default="2GB", help="huggingface output shard size, e.g. 2GB, 500MB")
+    p.add_argument("--num_shards", type=int, default=None, help="pth output: shards (default: per model size like Meta)")
+    p.add_argument("--skip_base_check", action="store_true", help="do not compare the adapter's stored base embedding")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["verify"]:
+            vp = argparse.ArgumentParser(prog="python -m helpers.merge verify",
+                                         description="Check a folder against its SHA256SUMS manifest")
+            vp.add_argument("folder")
+            vp.add_argument("--manifest", default=None)
+            a = vp.parse_args(argv[1:])
+            res = verify(a.folder, a.manifest)
+            extra = f" ({len(res['extra'])} extra file(s) not in the manifest: {res['extra']})" if res["extra"] else ""
+            print(f"OK: every file in the manifest matches{extra}")
+            return 0
+        a = build_parser().parse_args(argv)
+        res = merge_lora_into(a.base_model, a.lora_model, a.output_dir, a.output_type, overwrite=a.overwrite,
+                              max_shard_size=a.max_shard_size, num_shards=a.num_shards,
+                              check_base=not a.skip_base_check, progress=not a.quiet)
+        print(f"merged {len(res.plan.adapters)} LoRA(s) into {res.plan.base_model} -> {res.output_dir} "
+              f"({res.output_type}, vocab {res.vocab_size}, {res.seconds:.1f}s); files: {', '.join(res.files)}")
+        return 0
+    except CourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
