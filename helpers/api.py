@@ -1,0 +1,629 @@
+"""Step 10: an OpenAI-compatible API server for the course model (seed 002, 第9步 ``openai_api_server.py``).
+
+``create_app(model, tokenizer, ...)`` builds and returns the FastAPI app (tests use it without a server);
+``python -m helpers.api --base_model ... [--lora_model ...] [--port 19327]`` loads a model with
+:func:`helpers.modeling.load_model` and runs it under uvicorn on 127.0.0.1.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (``stream`` as
+server-sent events ending with ``data: [DONE]``), ``POST /v1/embeddings`` (masked mean-pooled last hidden
+state, L2-normalized; ``encoding_format`` float or base64), ``GET /health`` (counters). Bad requests get
+OpenAI-style error bodies ``{"error": {"message", "type", "param", "code"}}`` with a 4xx status.
+
+Generation runs on ONE worker thread (a FIFO queue): the model is never used by two requests at once, every
+client is answered in turn, and a streaming client that disconnects cancels its own generation.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import secrets
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import Request  # module level: route annotations are resolved from module globals
+from pydantic import BaseModel, ConfigDict, Field
+
+from .core import CourseError
+from .generation import generation_kwargs
+from .prompts import ALPACA2_SYSTEM, ALPACA_TEMPLATE, TEMPLATES, build_prompt
+
+DEFAULT_PORT = 19327
+DEFAULT_MAX_TOKENS = 128  # the original server's default when a request gives no max_tokens
+MAX_N = 8
+ROLES = {"system", "developer", "user", "assistant"}
+
+
+# --------------------------------------------------------------------------- request schemas
+class _Strict(BaseModel):
+    # strict: "max_tokens": "5" is a wrong type (400), not silently converted; extra fields are ignored
+    model_config = ConfigDict(strict=True, extra="allow")
+
+
+class ChatMessage(_Strict):
+    role: str
+    content: str | list[dict] | None = None
+    message: str | None = None  # the seed's curl example sends "message" instead of "content"
+
+
+class _Sampling(_Strict):
+    model: str | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=0)
+    repetition_penalty: float | None = Field(default=None, gt=0, le=10)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stop: str | list[str] | None = None
+    stream: bool = False
+    stream_options: dict | None = None
+    seed: int | None = None
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage]
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+
+
+class EmbeddingRequest(_Strict):
+    model: str | None = None
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+# --------------------------------------------------------------------------- errors
+class APIError(Exception):
+    """An OpenAI-style error: HTTP status, message, type, param, code."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def _error_response(err: APIError):
+    from fastapi.responses import JSONResponse
+
+    headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+    return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+
+# --------------------------------------------------------------------------- prompts
+def message_text(msg: ChatMessage, index: int) -> str:
+    """The text of a chat message: ``content`` (string or text parts) or the seed's ``message`` field."""
+    content = msg.content if msg.content is not None else msg.message
+    if content is None:
+        raise APIError(400, f"messages[{index}]: 'content' is required", f"messages.{index}.content")
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise APIError(400, f"messages[{index}]: only text content parts are supported",
+                               f"messages.{index}.content")
+            texts.append(part["text"])
+        content = "".join(texts)
+    return content
+
+
+def chat_prompt(messages: list[ChatMessage], template: str = "alpaca") -> str:
+    """The model prompt for a conversation with a named template (``alpaca`` or ``alpaca2``).
+
+    One user message (no system) gives exactly :func:`helpers.prompts.build_prompt`; earlier turns are
+    written in the same template, a system message replaces the template's system text.
+    """
+    if not messages:
+        raise APIError(400, "messages: must contain at least one message", "messages")
+    system, turns = None, []  # turns: [user, assistant|None]
+    for i, msg in enumerate(messages):
+        if msg.role not in ROLES:
+            raise APIError(400, f"messages[{i}].role: unknown role {msg.role!r}; use one of system, user, assistant",
+                           f"messages.{i}.role")
+        text = message_text(msg, i)
+        if msg.role in ("system", "developer"):
+            system = text
+        elif msg.role == "user":
+            turns.append([text, None])
+        elif turns and turns[-1][1] is None:
+            turns[-1][1] = text
+        else:
+            turns.append(["", text])
+    if not turns or turns[-1][1] is not None:
+        raise APIError(400, "messages: the last non-system message must come from the user", "messages")
+    if template == "alpaca2":
+        sys_text = system or ALPACA2_SYSTEM
+        parts = []
+        for k, (user, answer) in enumerate(turns):
+            head = f"<<SYS>>\n{sys_text}\n<</SYS>>\n\n" if k == 0 else ""
+            parts.append(f"[INST] {head}{user} [/INST]" + (f" {answer} </s><s>" if answer is not None else ""))
+        return "".join(parts)
+    header = ALPACA_TEMPLATE.split("\n\n", 1)[0] if system is None else system
+    body = "".join(f"### Instruction:\n{u}\n\n### Response: " + (f"{a}\n\n" if a is not None else "")
+                   for u, a in turns)
+    return f"{header}\n\n{body}"
+
+
+# --------------------------------------------------------------------------- generation engine
+@dataclass
+class Result:
+    """One finished generation: text, generated token count, finish_reason (stop/length/cancelled)."""
+
+    text: str
+    tokens: int
+    finish_reason: str
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    completed: int = 0
+    cancelled: int = 0
+    errors: int = 0
+    last_tokens: int = 0
+    queued: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **kw):
+        with self.lock:
+            for k, v in kw.items():
+                setattr(self, k, getattr(self, k) + v if k != "last_tokens" else v)
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("requests", "completed", "cancelled", "errors", "last_tokens", "queued")}
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """How many trailing characters of ``text`` might be the start of a stop string (not sent yet)."""
+    keep = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                keep = max(keep, k)
+                break
+    return keep
+
+
+class Engine:
+    """Runs generations and embeddings one at a time on a single worker thread.
+
+    Written here rather than with :func:`helpers.generation.stream` because the API needs the generated
+    token ids (``usage``) and why generation ended (``finish_reason``); sampling defaults still come from
+    :func:`helpers.generation.generation_kwargs`.
+    """
+
+    def __init__(self, model, tokenizer, context_length: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        cfg = getattr(model, "config", None)
+        self.context_length = int(context_length or getattr(cfg, "max_position_embeddings", 2048))
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="course-generate")
+        self.lock = threading.Lock()
+        self.stats = Stats()
+        self.device = next(model.parameters()).device
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.unk_token
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def run(self, ids: list[int], max_tokens: int, stop: list[str], cancel: threading.Event,
+            on_text=None, seed: int | None = None, **sampling) -> Result:
+        """Generate up to ``max_tokens`` after ``ids``; calls ``on_text(delta)`` as safe text arrives."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        tok = self.tokenizer
+        kw = generation_kwargs(tok, max_new_tokens=max_tokens, **sampling)
+        eos = kw.get("eos_token_id")
+        eos_ids = set(eos if isinstance(eos, list) else [eos])
+        state = {"ids": [], "sent": 0, "text": "", "stopped": False, "eos": False, "prompt_seen": False}
+        halt = threading.Event()  # this generation hit a stop string (``cancel`` is the client's)
+
+        def text_of(token_ids):
+            return tok.decode([t for t in token_ids if t not in eos_ids], skip_special_tokens=True)
+
+        class Collector(BaseStreamer):
+            def put(self, value):
+                if not state["prompt_seen"]:  # generate() first passes the prompt
+                    state["prompt_seen"] = True
+                    return
+                for t in value.reshape(-1).tolist():
+                    state["ids"].append(t)
+                    state["eos"] = state["eos"] or t in eos_ids
+                if not (stop or on_text):
+                    return
+                text = text_of(state["ids"])
+                cut = min((text.find(s) for s in stop if s in text), default=-1)
+                if cut >= 0:
+                    text, state["stopped"] = text[:cut], True
+                    halt.set()
+                state["text"] = text
+                if on_text is None:
+                    return
+                safe = len(text) if state["stopped"] else len(text) - _held_back(text, stop)
+                if text.endswith("\ufffd") and not state["stopped"]:
+                    safe = min(safe, len(text) - 1)  # half of a multi-byte character
+                if safe > state["sent"]:
+                    on_text(text[state["sent"]:safe])
+                    state["sent"] = safe
+
+            def end(self):
+                pass
+
+        class Cancelled(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs):
+                return torch.full((input_ids.shape[0],), cancel.is_set() or halt.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        with self.lock:
+            if cancel.is_set():
+                self.stats.add(cancelled=1)
+                return Result("", 0, "cancelled")
+            if seed is not None:
+                torch.manual_seed(seed)
+            input_ids = torch.tensor([ids], device=self.device)
+            with torch.inference_mode():
+                self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                                    streamer=Collector(), stopping_criteria=StoppingCriteriaList([Cancelled()]), **kw)
+        text = state["text"] if (stop or on_text) else text_of(state["ids"])
+        if not state["stopped"]:
+            text = text_of(state["ids"])
+            if on_text is not None and len(text) > state["sent"]:
+                on_text(text[state["sent"]:])
+        if state["stopped"] or state["eos"]:
+            reason = "stop"
+        elif len(state["ids"]) >= max_tokens:
+            reason = "length"
+        else:
+            reason = "cancelled"
+        self.stats.add(completed=1 if reason != "cancelled" else 0, cancelled=1 if reason == "cancelled" else 0,
+                       last_tokens=len(state["ids"]))
+        return Result(text, len(state["ids"]), reason)
+
+    def embed(self, batch: list[list[int]]) -> list[list[float]]:
+        """Masked mean of the last hidden state for each token list, L2-normalized."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id or 0
+        width = max(len(x) for x in batch)
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in batch], device=self.device)
+        mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in batch], device=self.device)
+        with self.lock, torch.inference_mode():
+            out = self.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hidden = out.hidden_states[-1].float()
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(pooled, p=2, dim=-1).cpu().tolist()
+
+
+# --------------------------------------------------------------------------- request -> jobs
+@dataclass
+class Job:
+    ids: list[int]
+    max_tokens: int
+    stop: list[str]
+    sampling: dict
+
+
+def _stops(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > 4:
+        raise APIError(400, "stop: at most 4 stop sequences", "stop")
+    return [s for s in stops if s]
+
+
+def _max_tokens(req: _Sampling, prompt_tokens: int, ctx: int) -> int:
+    room = ctx - prompt_tokens
+    if room < 1:
+        raise APIError(400, f"the prompt has {prompt_tokens} tokens but the model's context is {ctx} tokens; "
+                            "shorten the prompt", "messages" if isinstance(req, ChatCompletionRequest) else "prompt",
+                       "context_length_exceeded")
+    wanted = req.max_completion_tokens if req.max_tokens is None else req.max_tokens
+    if wanted is None:
+        return min(DEFAULT_MAX_TOKENS, room)
+    if wanted < 1 or wanted > ctx:
+        raise APIError(400, f"max_tokens: must be between 1 and the context length {ctx}, got {wanted}", "max_tokens")
+    if wanted > room:
+        raise APIError(400, f"this model's context is {ctx} tokens; the prompt has {prompt_tokens} and max_tokens asks "
+                            f"for {wanted} more. Lower max_tokens or shorten the prompt", "max_tokens",
+                       "context_length_exceeded")
+    return wanted
+
+
+def _jobs(engine: Engine, req: _Sampling, prompts: list[str]) -> list[Job]:
+    sampling = {k: getattr(req, k) for k in ("temperature", "top_p", "top_k", "repetition_penalty")}
+    stop = _stops(req.stop)
+    jobs = []
+    for p in prompts:
+        ids = engine.encode(p)
+        mt = _max_tokens(req, len(ids), engine.context_length)
+        jobs += [Job(ids, mt, stop, sampling) for _ in range(req.n)]
+    return jobs
+
+
+# --------------------------------------------------------------------------- the app
+def create_app(model, tokenizer, model_name: str = "chinese-alpaca", api_key: str | None = None,
+               template: str = "alpaca", completion_template: bool = True, context_length: int | None = None):
+    """Returns the FastAPI app serving ``model`` with OpenAI's API (no server started).
+
+    ``template``: prompt template for chat (``alpaca`` = Chinese-Alpaca, ``alpaca2`` = Chinese-Alpaca-2).
+    ``completion_template``: as the original server, wrap a completion prompt in the template too.
+    ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
+    """
+    from fastapi import FastAPI
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import StreamingResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    if template not in TEMPLATES:
+        raise CourseError(f"--template {template!r}: choose one of {sorted(TEMPLATES)}")
+    engine = Engine(model, tokenizer, context_length)
+    app = FastAPI(title="Chinese-LLaMA-Alpaca course API (OpenAI-compatible)", version="1.0")
+    app.state.engine = engine
+    created = int(time.time())
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, exc: APIError):
+        return _error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request, exc: RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {}
+        if err.get("type") == "json_invalid":
+            return _error_response(APIError(400, f"invalid JSON body: {err.get('ctx', {}).get('error', err.get('msg'))}"))
+        loc = [str(x) for x in err.get("loc", []) if x != "body"]
+        # a union type reports its member types in loc (e.g. "str"); keep only field names and indexes
+        loc = [x for x in loc if x.isdigit() or x in _FIELD_NAMES]
+        param = ".".join(loc) or None
+        msg = err.get("msg", "invalid request")
+        if err.get("type") == "missing":
+            msg = "field required"
+        return _error_response(APIError(400, f"{param or 'body'}: {msg}", param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return _error_response(APIError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                                        None, code))
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request, exc: Exception):
+        engine.stats.add(errors=1)
+        return _error_response(APIError(500, f"internal error: {type(exc).__name__}: {exc}", type="server_error"))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            token = given[7:] if given.lower().startswith("bearer ") else ""
+            if not secrets.compare_digest(token.encode(), api_key.encode()):
+                return _error_response(APIError(401, "invalid API key: send 'Authorization: Bearer <key>' with the "
+                                                     "key the server was started with (--api_key)", None, "invalid_api_key"))
+        return await call_next(request)
+
+    def _model_card() -> dict:
+        return {"id": model_name, "object": "model", "created": created, "owned_by": "hands-on-chinese-llama-alpaca"}
+
+    @app.get("/v1/models")
+    async def list_models():
+        return {"object": "list", "data": [_model_card()]}
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": model_name, "context_length": engine.context_length,
+                **engine.stats.as_dict()}
+
+    async def _run_all(jobs: list[Job], req: _Sampling) -> list[Result]:
+        loop = asyncio.get_running_loop()
+        cancel = threading.Event()
+        engine.stats.add(requests=1)
+        try:
+            results = []
+            for j in jobs:
+                results.append(await loop.run_in_executor(engine.executor, lambda j=j: engine.run(
+                    j.ids, j.max_tokens, j.stop, cancel, seed=req.seed, **j.sampling)))
+            return results
+        finally:
+            cancel.set()
+
+    def _usage(jobs: list[Job], results: list[Result], n: int) -> dict:
+        prompt = sum(len(j.ids) for j in jobs[::n])
+        completion = sum(r.tokens for r in results)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    async def _sse(jobs: list[Job], req: _Sampling, request: Request, chunk) -> Any:
+        """Yield SSE lines: ``chunk(index, delta_text|None, finish_reason|None)`` objects, then ``[DONE]``."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        cancel = threading.Event()
+        engine.stats.add(requests=1)
+
+        def put(*item):
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work():
+            try:
+                for i, j in enumerate(jobs):
+                    res = engine.run(j.ids, j.max_tokens, j.stop, cancel, seed=req.seed,
+                                     on_text=lambda d, i=i: put("delta", i, d), **j.sampling)
+                    put("finish", i, res)
+            except Exception as e:  # reported to the client as an error event
+                engine.stats.add(errors=1)
+                put("error", None, e)
+            finally:
+                put("end", None, None)
+
+        engine.executor.submit(work)
+        results: list[Result] = []
+        try:
+            for i in range(req.n):
+                yield f"data: {json.dumps(chunk(i, None, None, role=True), ensure_ascii=False)}\n\n"
+            while True:
+                try:
+                    kind, i, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if kind == "delta":
+                    yield f"data: {json.dumps(chunk(i, payload, None), ensure_ascii=False)}\n\n"
+                elif kind == "finish":
+                    results.append(payload)
+                    reason = "length" if payload.finish_reason == "cancelled" else payload.finish_reason
+                    yield f"data: {json.dumps(chunk(i, None, reason), ensure_ascii=False)}\n\n"
+                elif kind == "error":
+                    yield f"data: {json.dumps(APIError(500, str(payload), type='server_error').body())}\n\n"
+                else:
+                    break
+                if kind == "delta" and await request.is_disconnected():
+                    return
+            if (req.stream_options or {}).get("include_usage"):
+                yield f"data: {json.dumps(chunk(None, None, None, usage=_usage(jobs, results, req.n)))}\n\n"
+            yield "data: [DONE]\n\n"
+        finally:
+            cancel.set()  # a client that went away stops its generation
+
+    def _streaming(gen):
+        return StreamingResponse(gen, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        prompt = chat_prompt(req.messages, template)
+        jobs = _jobs(engine, req, [prompt])
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def chunk(i, text, reason, role=False, usage=None):
+                out = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+                if usage is not None:
+                    return {**out, "choices": [], "usage": usage}
+                delta = {"role": "assistant", "content": ""} if role else ({"content": text} if text else {})
+                return {**out, "choices": [{"index": i, "delta": delta, "logprobs": None, "finish_reason": reason}]}
+            return _streaming(_sse(jobs, req, request, chunk))
+        results = await _run_all(jobs, req)
+        return {"id": cid, "object": "chat.completion", "created": now, "model": model_name,
+                "choices": [{"index": i, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                             "finish_reason": r.finish_reason} for i, r in enumerate(results)],
+                "usage": _usage(jobs, results, req.n)}
+
+    @app.post("/v1/completions")
+    async def completions(req: CompletionRequest, request: Request):
+        prompts = [req.prompt] if isinstance(req.prompt, str) else list(req.prompt)
+        if not prompts:
+            raise APIError(400, "prompt: must not be an empty list", "prompt")
+        if completion_template:
+            prompts = [build_prompt(p, template=template) for p in prompts]
+        jobs = _jobs(engine, req, prompts)
+        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        if req.stream:
+            def chunk(i, text, reason, role=False, usage=None):
+                out = {"id": cid, "object": "text_completion", "created": now, "model": model_name}
+                if usage is not None:
+                    return {**out, "choices": [], "usage": usage}
+                return {**out, "choices": [{"index": i, "text": text or "", "logprobs": None, "finish_reason": reason}]}
+            return _streaming(_sse(jobs, req, request, chunk))
+        results = await _run_all(jobs, req)
+        return {"id": cid, "object": "text_completion", "created": now, "model": model_name,
+                "choices": [{"index": i, "text": r.text, "logprobs": None, "finish_reason": r.finish_reason}
+                            for i, r in enumerate(results)],
+                "usage": _usage(jobs, results, req.n)}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingRequest):
+        raw = req.input
+        if isinstance(raw, str):
+            batch = [engine.encode(raw)]
+        elif not raw:
+            raise APIError(400, "input: must not be empty", "input")
+        elif all(isinstance(x, str) for x in raw):
+            batch = [engine.encode(x) for x in raw]
+        elif all(isinstance(x, int) for x in raw):
+            batch = [list(raw)]
+        else:
+            batch = [list(x) for x in raw]
+        vocab = len(tokenizer)
+        for k, ids in enumerate(batch):
+            if not ids or len(ids) > engine.context_length:
+                raise APIError(400, f"input[{k}]: {len(ids)} tokens; must be 1..{engine.context_length}", "input",
+                               "context_length_exceeded" if ids else None)
+            if any(t < 0 or t >= vocab for t in ids):
+                raise APIError(400, f"input[{k}]: token ids must be in 0..{vocab - 1}", "input")
+        loop = asyncio.get_running_loop()
+        vectors = await loop.run_in_executor(engine.executor, engine.embed, batch)
+
+        def encode(v):
+            if req.encoding_format == "base64":
+                import numpy as np
+
+                return base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode("ascii")
+            return v
+
+        n_tokens = sum(len(x) for x in batch)
+        return {"object": "list", "model": model_name,
+                "data": [{"object": "embedding", "index": i, "embedding": encode(v)} for i, v in enumerate(vectors)],
+                "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens}}
+
+    return app
+
+
+_FIELD_NAMES = (set(ChatCompletionRequest.model_fields) | set(CompletionRequest.model_fields)
+                | set(EmbeddingRequest.model_fields) | set(ChatMessage.model_fields))
+
+
+# --------------------------------------------------------------------------- launcher
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers.api", description="OpenAI-compatible API server (seed 002 第9步)")
+    p.add_argument("--base_model", required=True, help="HF model folder (merged model, or the base with --lora_model)")
+    p.add_argument("--lora_model", default=None, help="PEFT LoRA folder applied on top of --base_model")
+    p.add_argument("--tokenizer_path", default=None, help="tokenizer folder or tokenizer.model (default: lora or base)")
+    p.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES, e.g. 0 or 0,1")
+    p.add_argument("--only_cpu", action="store_true", help="run on CPU even when a GPU is present")
+    p.add_argument("--load_in_8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes the server: set --api_key)")
+    p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1 requests")
+    p.add_argument("--model_name", default=None, help="name reported by /v1/models (default: folder name)")
+    p.add_argument("--template", default="alpaca", choices=sorted(TEMPLATES), help="prompt template")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load the model and serve it with uvicorn until interrupted; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    try:
+        from .modeling import load_model
+
+        tok_path = args.tokenizer_path
+        if tok_path and Path(tok_path).is_file() and Path(tok_path).name == "tokenizer.model":
+            tok_path = str(Path(tok_path).parent) if (Path(tok_path).parent / "tokenizer_config.json").is_file() else tok_path
+        model, tokenizer = load_model(args.base_model, args.lora_model, tok_path,
+                                      device="cpu" if args.only_cpu else None, load_in_8bit=args.load_in_8bit,
+                                      gpus=args.gpus)
+        name = args.model_name or Path(str(args.lora_model or args.base_model)).name or "chinese-alpaca"
+        app = create_app(model, tokenizer, model_name=name, api_key=args.api_key, template=args.template)
+    except (CourseError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.api_key:
+        print(f"warning: listening on {args.host} without --api_key: anyone on the network can use the model",
+              file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""helpers.api: the OpenAI-compatible server. Error handling in process (TestClient); everything else against
+the REAL server (uvicorn subprocess on 127.0.0.1) with the official openai client, LangChain, curl, 16 streams."""
+import base64
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers.core import REPO_ROOT
+
+SEED_CURLS = {  # seed 002 第9步, verbatim (only the port is replaced by the test server's)
+    "completions": """curl http://localhost:19327/v1/completions \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "prompt": "告诉我中国的首都在哪里"
+  }'""",
+    "chat": """curl http://localhost:19327/v1/chat/completions \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "messages": [
+      {"role": "user","message": "给我讲一些有关杭州的故事吧"}
+    ],
+    "repetition_penalty": 1.0
+  }'""",
+    "embeddings": """curl http://localhost:19327/v1/embeddings \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "input": "今天天气真不错"
+  }'""",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from helpers import tiny
+
+    return tiny.hf_model()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_model):
+    """In-process app with an API key (no server): for error handling."""
+    from fastapi.testclient import TestClient
+
+    from helpers.api import create_app
+    from helpers.modeling import load_model
+
+    model, tok = load_model(tiny_model, device="cpu")
+    app = create_app(model, tok, model_name="tiny", api_key="sk-test")
+    with TestClient(app) as c:
+        c.headers["Authorization"] = "Bearer sk-test"
+        yield c
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    """``python -m helpers.api`` as a real uvicorn subprocess; yields its base URL."""
+    import httpx
+
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "helpers.api", "--base_model", str(tiny_model), "--only_cpu",
+                             "--port", str(port), "--model_name", "tiny-alpaca"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"server exited:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("server did not start in 180 s")
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def oai(server):
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{server}/v1", api_key="not-needed", max_retries=0, timeout=120)
+
+
+def _messages(text="给我讲一些有关杭州的故事吧"):
+    return [{"role": "user", "content": text}]
+
+
+# --------------------------------------------------------------------------- prompts (no model)
+def test_chat_prompt_matches_templates():
+    from helpers.api import APIError, ChatMessage, chat_prompt
+    from helpers.prompts import build_prompt
+
+    one = [ChatMessage(role="user", content="你好")]
+    assert chat_prompt(one) == build_prompt("你好")
+    assert chat_prompt(one, "alpaca2") == build_prompt("你好", template="alpaca2")
+    seed_style = [ChatMessage(role="user", message="你好")]
+    assert chat_prompt(seed_style) == build_prompt("你好")
+    multi = [ChatMessage(role="system", content="你是导游。"), ChatMessage(role="user", content="杭州?"),
+             ChatMessage(role="assistant", content="西湖。"), ChatMessage(role="user", content="还有呢?")]
+    text = chat_prompt(multi)
+    assert text.startswith("你是导游。\n\n### Instruction:\n杭州?") and text.endswith("### Instruction:\n还有呢?\n\n### Response: ")
+    assert "西湖。" in text
+    two = chat_prompt(multi, "alpaca2")
+    assert two.count("[INST]") == 2 and "<<SYS>>\n你是导游。\n<</SYS>>" in two and two.endswith("还有呢? [/INST]")
+    with pytest.raises(APIError):
+        chat_prompt([ChatMessage(role="assistant", content="x")])
+
+
+# --------------------------------------------------------------------------- errors (in process)
+BAD_CHAT = [
+    ("{not json", "invalid JSON", None),
+    ("[]", "body", None),
+    (json.dumps({}), "messages", "messages"),
+    (json.dumps({"messages": []}), "at least one", "messages"),
+    (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "unknown role", "messages.0.role"),
+    (json.dumps({"messages": [{"role": "user"}]}), "content", "messages.0.content"),
+    (json.dumps({"messages": [{"role": "user", "content": 5}]}), "messages", "messages.0.content"),
+    (json.dumps({"messages": "hi"}), "messages", "messages"),
+    (json.dumps({"messages": _messages(), "max_tokens": "5"}), "integer", "max_tokens"),
+    (json.dumps({"messages": _messages(), "max_tokens": 10**9}), "max_tokens", "max_tokens"),
+    (json.dumps({"messages": _messages(), "max_tokens": 0}), "max_tokens", "max_tokens"),
+    (json.dumps({"messages": _messages(), "max_tokens": 1000}), "context", "max_tokens"),
+    (json.dumps({"messages": _messages("很长的问题" * 800)}), "context", "messages"),
+    (json.dumps({"messages": _messages(), "temperature": -1}), "temperature", "temperature"),
+    (json.dumps({"messages": _messages(), "top_p": 0}), "top_p", "top_p"),
+    (json.dumps({"messages": _messages(), "n": 100}), "n", "n"),
+    (json.dumps({"messages": _messages(), "stop": ["a", "b", "c", "d", "e"]}), "stop", "stop"),
+    (json.dumps({"messages": _messages(), "stream": "yes"}), "stream", "stream"),
+]
+
+
+@pytest.mark.parametrize("body,words,param", BAD_CHAT)
+def test_bad_chat_requests_get_openai_errors(client, body, words, param):
+    r = client.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert err["type"] == "invalid_request_error" and words.lower() in err["message"].lower()
+    assert err["param"] == param
+    if "context" in words:
+        assert err["code"] == "context_length_exceeded"
+
+
+def test_other_errors(client):
+    assert client.post("/v1/completions", json={"prompt": []}).status_code == 400
+    assert client.post("/v1/completions", json={}).json()["error"]["param"] == "prompt"
+    assert client.post("/v1/embeddings", json={"input": []}).status_code == 400
+    assert client.post("/v1/embeddings", json={"input": [[10**7]]}).status_code == 400
+    assert client.post("/v1/embeddings", json={"input": {"a": 1}}).status_code == 400
+    r = client.get("/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    assert client.get("/v1/chat/completions").status_code == 405
+
+
+def test_api_key(client):
+    for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": ""}, {"Authorization": "sk-test"}):
+        r = client.get("/v1/models", headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+    assert client.get("/health").status_code == 200  # health needs no key
+
+
+def test_stop_n_and_usage(client):
+    body = {"prompt": "告诉我中国的首都在哪里", "temperature": 0, "max_tokens": 12}
+    full = client.post("/v1/completions", json=body).json()
+    choice = full["choices"][0]
+    assert choice["finish_reason"] == "length" and full["usage"]["completion_tokens"] == 12
+    assert full["usage"]["total_tokens"] == full["usage"]["prompt_tokens"] + 12
+    text = choice["text"]
+    stop = text[len(text) // 2: len(text) // 2 + 2]
+    cut = client.post("/v1/completions", json={**body, "stop": stop}).json()["choices"][0]
+    assert cut["finish_reason"] == "stop" and cut["text"] == text[:text.find(stop)]
+    two = client.post("/v1/completions", json={**body, "n": 2, "prompt": ["a", "b"]}).json()
+    assert [c["index"] for c in two["choices"]] == [0, 1, 2, 3]
+    assert two["choices"][0]["text"] == two["choices"][1]["text"]  # greedy: n copies agree
+    assert two["usage"]["completion_tokens"] == 48
+
+
+# --------------------------------------------------------------------------- real server
+def test_openai_client_chat_completions_embeddings(oai):
+    assert [m.id for m in oai.models.list().data] == ["tiny-alpaca"]
+    chat = oai.chat.completions.create(model="tiny-alpaca", messages=_messages(), max_tokens=16, temperature=0)
+    assert chat.choices[0].finish_reason == "length" and chat.usage.completion_tokens == 16
+    text = chat.choices[0].message.content
+    assert text and chat.choices[0].message.role == "assistant"
+    pieces, reasons = [], []
+    for chunk in oai.chat.completions.create(model="tiny-alpaca", messages=_messages(), max_tokens=16,
+                                             temperature=0, stream=True):
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            reasons.append(chunk.choices[0].finish_reason)
+    assert "".join(pieces) == text and reasons[-1] == "length" and len(pieces) > 3
+    comp = oai.completions.create(model="tiny-alpaca", prompt="告诉我中国的首都在哪里", max_tokens=8, temperature=0)
+    assert comp.choices[0].text and comp.usage.completion_tokens == 8
+    emb = oai.embeddings.create(model="tiny-alpaca", input=["今天天气真不错", "hello", "今天天气真不错"])  # base64
+    vecs = [e.embedding for e in emb.data]
+    assert len(vecs) == 3 and len(vecs[0]) == 64
+    assert all(abs(sum(x * x for x in v) - 1) < 1e-4 for v in vecs)
+    assert vecs[0] == pytest.approx(vecs[2], abs=1e-6) and vecs[0] != pytest.approx(vecs[1], abs=1e-3)
+    floats = oai.embeddings.create(model="tiny-alpaca", input="今天天气真不错", encoding_format="float")
+    assert floats.data[0].embedding == pytest.approx(vecs[0], abs=1e-5)
+
+
+def test_langchain_chat_openai(server):
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=f"{server}/v1", api_key="not-needed", model="tiny-alpaca", temperature=0,
+                     max_tokens=10, max_retries=0)
+    msg = llm.invoke("给我讲一些有关杭州的故事吧")
+    assert isinstance(msg.content, str) and msg.content
+    assert msg.response_metadata["finish_reason"] == "length"
+    streamed = "".join(c.content for c in llm.stream("给我讲一些有关杭州的故事吧"))
+    assert streamed == msg.content
+
+
+@pytest.mark.parametrize("name", sorted(SEED_CURLS))
+def test_seed_curl_commands(server, name):
+    port = server.rsplit(":", 1)[1]
+    cmd = SEED_CURLS[name].replace("localhost:19327", f"localhost:{port}").replace("\\\n", " ")
+    out = subprocess.run(shlex.split(cmd) + ["-s", "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=120)
+    body, status = out.stdout.rsplit("\n", 1)
+    assert status == "200", out.stdout
+    data = json.loads(body)
+    if name == "embeddings":
+        assert len(data["data"]) == 1 and len(data["data"][0]["embedding"]) == 64
+    else:
+        choice = data["choices"][0]
+        assert choice["finish_reason"] in ("stop", "length") and data["usage"]["completion_tokens"] > 0
+        assert (choice.get("text") or choice["message"]["content"]) is not None
+
+
+@pytest.mark.slow
+def test_16_concurrent_streaming_clients(server, oai):
+    want = oai.chat.completions.create(model="tiny-alpaca", messages=_messages("西湖"), max_tokens=12,
+                                       temperature=0).choices[0].message.content
+    results, errors = [None] * 16, []
+
+    def one(i):
+        try:
+            from openai import OpenAI
+
+            c = OpenAI(base_url=f"{server}/v1", api_key="x", max_retries=0, timeout=300)
+            text, reason = "", None
+            for chunk in c.chat.completions.create(model="tiny-alpaca", messages=_messages("西湖"), max_tokens=12,
+                                                   temperature=0, stream=True):
+                if chunk.choices:
+                    text += chunk.choices[0].delta.content or ""
+                    reason = chunk.choices[0].finish_reason or reason
+            results[i] = (text, reason)
+        except Exception as e:  # collected and reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert results == [(want, "length")] * 16
+
+
+def test_disconnect_stops_generation(server):
+    import httpx
+
+    before = httpx.get(f"{server}/health").json()
+    body = {"messages": _messages(), "max_tokens": 900, "temperature": 0, "stream": True}
+    with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        got = [next(lines) for _ in range(6)]
+    assert any('"content"' in x for x in got)
+    for _ in range(100):
+        after = httpx.get(f"{server}/health").json()
+        if after["cancelled"] > before["cancelled"]:
+            break
+        time.sleep(0.1)
+    assert after["cancelled"] == before["cancelled"] + 1
+    assert after["last_tokens"] < 900
+    # the server is still fine afterwards
+    assert httpx.post(f"{server}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}).status_code == 200
