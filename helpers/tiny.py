@@ -78,6 +78,21 @@ def _cached(name: str, build, inputs: list[Path] = (), extra: str = "") -> Path:
 
 
 # --------------------------------------------------------------------------- tokenizers
+def _strip_paths(model_file: Path) -> Path:
+    """sentencepiece stores the training ``input`` and ``model_prefix`` paths in the model: keep names only,
+    so the same data gives byte-identical files wherever the workspace is."""
+    from .tokenizer import load_sp_proto
+
+    proto = load_sp_proto(model_file)
+    spec = proto.trainer_spec
+    names = [Path(x).name for x in spec.input]
+    del spec.input[:]
+    spec.input.extend(names)
+    spec.model_prefix = Path(spec.model_prefix).name
+    model_file.write_bytes(proto.SerializeToString())
+    return model_file
+
+
 def base_sp_model() -> Path:
     """LLaMA-like ``tokenizer.model`` trained on ``data/en_corpus.txt`` (BPE, byte_fallback, split_digits)."""
     from .vocab import train_sp_model
@@ -85,7 +100,7 @@ def base_sp_model() -> Path:
     src = DATA_DIR / "en_corpus.txt"
 
     def build(tmp: Path):
-        train_sp_model([src], tmp / "tokenizer", TINY_BASE_VOCAB, character_coverage=1.0)
+        _strip_paths(train_sp_model([src], tmp / "tokenizer", TINY_BASE_VOCAB, character_coverage=1.0))
         (tmp / "tokenizer.vocab").unlink()
 
     return _cached("llama_sp", build, [src]) / "tokenizer.model"
@@ -98,7 +113,7 @@ def chinese_sp_model() -> Path:
     inputs = vocab.chinese_training_inputs()
 
     def build(tmp: Path):
-        vocab.train_chinese_sp(tmp / "chinese_sp", vocab_size=TINY_ZH_VOCAB)
+        _strip_paths(vocab.train_chinese_sp(tmp / "chinese_sp", vocab_size=TINY_ZH_VOCAB))
         for extra in tmp.glob("*.vocab"):
             extra.unlink()
 

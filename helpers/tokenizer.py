@@ -163,7 +163,11 @@ def load_tokenizer(path: str | Path, pad_token: str | None = None):
 
 
 def sp_mismatches(tok, model_file: str | Path, lines) -> list[tuple[str, list[int], list[int]]]:
-    """Lines on which ``tok`` (with BOS) encodes differently from sentencepiece; empty when identical."""
+    """Lines on which ``tok`` (with BOS) encodes differently from sentencepiece; empty when identical.
+
+    Text is taken literally (``split_special_tokens=True``): sentencepiece never turns the characters
+    ``<s>`` in a sentence into the BOS id, while HF tokenizers do unless told not to.
+    """
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(model_file))
@@ -171,7 +175,7 @@ def sp_mismatches(tok, model_file: str | Path, lines) -> list[tuple[str, list[in
     bad = []
     for line in lines:
         want = bos + sp.encode(line)
-        got = tok(line)["input_ids"]
+        got = tok(line, split_special_tokens=True)["input_ids"]
         if want != got:
             bad.append((line, want, got))
     return bad

@@ -1,0 +1,89 @@
+"""Course step 00: the pipeline picture, an environment check and the per-step resource table."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .core import REPO_ROOT
+
+STEPS = [
+    ("01", "crawl prompts", "instruction data"),
+    ("02", "convert Meta -> HF", "consolidated.*.pth"),
+    ("03", "extend vocab", "Chinese SentencePiece"),
+    ("04", "merge LoRA", "LLaMA-LoRA, Alpaca-LoRA"),
+    ("05", "inference", "template, batch"),
+    ("06", "web UI", "Gradio chat"),
+    ("07", "PT + SFT LoRA", "train adapters"),
+    ("08", "RAG QA", "LangChain + FAISS"),
+    ("09", "summarize", "stuff/refine/map_reduce"),
+    ("10", "OpenAI API", "FastAPI server"),
+    ("11", "export", "GGUF, Ollama, fastllm"),
+]
+
+# What each step needs for a 7B model in the real profile (fp16 unless noted); tiny needs seconds and MBs.
+REAL_RESOURCES = [
+    ("02_convert_llama", "CPU", "~30 GB RAM", "~13 GB (fp16 HF) + 13 GB originals", "~10 min"),
+    ("03_extend_vocab", "CPU", "< 2 GB RAM", "< 10 MB", "~5-30 min (SentencePiece training)"),
+    ("04_merge_lora", "CPU", "~1-2 shards (streaming), PEFT path ~15 GB", "~13 GB output", "~10 min"),
+    ("05_inference", "GPU 16 GB (8-bit: 10 GB)", "-", "-", "seconds per answer"),
+    ("06_webui", "GPU 16 GB", "-", "-", "interactive"),
+    ("07_pretrain_and_sft_lora", "GPU 24 GB+ (LoRA fp16), 2x for ZeRO-2", "-", "adapter ~1 GB", "hours"),
+    ("08/09_langchain", "GPU 16 GB + embedding model ~1.3 GB", "-", "-", "seconds per question"),
+    ("10_openai_api", "GPU 16 GB", "-", "-", "serving"),
+    ("11_export_deploy", "CPU", "~16 GB RAM", "GGUF f16 ~13 GB, q8_0 ~7 GB", "~10 min"),
+]
+
+
+def draw_pipeline(path: str | Path | None = None) -> Path:
+    """Draw the course pipeline (one box per notebook) to ``images/pipeline.png``; returns the path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    path = Path(path or REPO_ROOT / "images" / "pipeline.png")
+    fig, ax = plt.subplots(figsize=(13, 4.2), dpi=100)
+    ax.set_xlim(0, 6)
+    ax.set_ylim(0, 2.2)
+    ax.axis("off")
+    colors = {"data": "#fde9c9", "model": "#d6e9f8", "use": "#dff3df", "ship": "#f3dff0"}
+    kinds = ["data", "model", "model", "model", "use", "use", "model", "use", "use", "use", "ship"]
+    positions = [(i % 6, 1.25 if i < 6 else 0.15) for i in range(len(STEPS))]
+    for (num, title, sub), kind, (x, y) in zip(STEPS, kinds, positions):
+        ax.add_patch(FancyBboxPatch((x + 0.06, y), 0.86, 0.75, boxstyle="round,pad=0.02",
+                                    fc=colors[kind], ec="#555555", lw=1.2))
+        ax.text(x + 0.49, y + 0.52, f"{num}  {title}", ha="center", va="center", fontsize=10, weight="bold")
+        ax.text(x + 0.49, y + 0.22, sub, ha="center", va="center", fontsize=8.5, color="#333333")
+    for i in range(len(STEPS) - 1):
+        (x0, y0), (x1, y1) = positions[i], positions[i + 1]
+        if y0 == y1:
+            ax.annotate("", xy=(x1 + 0.06, y1 + 0.37), xytext=(x0 + 0.93, y0 + 0.37),
+                        arrowprops=dict(arrowstyle="->", color="#444444"))
+        else:  # wrap from the end of the first row to the start of the second, through the gap
+            mid = (y0 + y1 + 0.75) / 2
+            ax.plot([x0 + 0.49, x0 + 0.49, x1 + 0.49], [y0 - 0.02, mid, mid], color="#444444", lw=1)
+            ax.annotate("", xy=(x1 + 0.49, y1 + 0.77), xytext=(x1 + 0.49, mid),
+                        arrowprops=dict(arrowstyle="->", color="#444444"))
+    ax.text(5.5, 0.5, "00 overview\n(tiny artifacts)", ha="center", va="center", fontsize=9, style="italic")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def environment_table():
+    """Versions and device as a one-column DataFrame (for notebook 00)."""
+    import pandas as pd
+
+    from .core import detect_platform, pick_device, versions
+
+    info = versions()
+    info.update({"device": pick_device(), "platform": detect_platform()})
+    return pd.DataFrame({"value": info})
+
+
+def resources_table():
+    import pandas as pd
+
+    return pd.DataFrame(REAL_RESOURCES, columns=["notebook", "accelerator", "RAM", "disk", "time (7B)"])
