@@ -32,26 +32,53 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, **gen) -> list[str]:
-    """Generate for many prompts, ``batch_size`` at a time with left padding; returns only new text."""
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """``text`` up to the first occurrence of any stop string (unchanged when none occurs)."""
+    cuts = [text.find(s) for s in (stop or []) if s and s in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, *, stop: list[str] | None = None,
+             add_special_tokens: bool = True, sort_by_length: bool = False, progress: bool = False,
+             **gen) -> list[str]:
+    """Generate for many prompts, ``batch_size`` at a time with left padding; returns only new text.
+
+    ``stop``: strings where an answer is cut; ``add_special_tokens=False`` when the prompts already carry
+    ``<s>`` (chat templates); ``sort_by_length`` batches prompts of similar length together (less padding;
+    results stay in input order); ``progress`` shows a tqdm bar over batches.
+    """
     import torch
 
     kw = generation_kwargs(tokenizer, **gen)
     tokenizer.padding_side = "left"
-    outputs: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        batch = prompts[i:i + batch_size]
-        enc = tokenizer(batch, return_tensors="pt", padding=True).to(_device(model))
+    order = list(range(len(prompts)))
+    if sort_by_length:
+        lengths = [len(tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]) for p in prompts]
+        order.sort(key=lambda i: lengths[i])
+    starts = range(0, len(prompts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="generate", unit="batch")
+    outputs: list[str | None] = [None] * len(prompts)
+    for i in starts:
+        idx = order[i:i + batch_size]
+        enc = tokenizer([prompts[j] for j in idx], return_tensors="pt", padding=True,
+                        add_special_tokens=add_special_tokens).to(_device(model))
         with torch.inference_mode():
             out = model.generate(**enc, **kw)
         new = out[:, enc["input_ids"].shape[1]:]
-        outputs += tokenizer.batch_decode(new, skip_special_tokens=True)
+        for j, text in zip(idx, tokenizer.batch_decode(new, skip_special_tokens=True)):
+            outputs[j] = cut_at_stop(text, stop)
     return outputs
 
 
 def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel: threading.Event | None = None,
-           **gen) -> Iterator[str]:
-    """Yield new text pieces as they are generated; ends at EOS, ``max_new_tokens``, a stop string or ``cancel``."""
+           *, add_special_tokens: bool = True, **gen) -> Iterator[str]:
+    """Yield new text pieces as they are generated; ends at EOS, ``max_new_tokens``, a stop string or ``cancel``.
+
+    ``add_special_tokens=False`` when ``prompt`` already starts with ``<s>`` (a rendered chat template).
+    """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -62,7 +89,7 @@ def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel:
             return cancel.is_set()
 
     kw = generation_kwargs(tokenizer, **gen)
-    enc = tokenizer(prompt, return_tensors="pt").to(_device(model))
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(_device(model))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
 

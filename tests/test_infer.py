@@ -1,0 +1,150 @@
+"""Step 05 inference: file mode (JSON + generation_config), batched == one-at-a-time under greedy,
+the interactive loop through stdin, the flags and their errors."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from helpers import infer
+from helpers.core import REPO_ROOT, CourseError
+from helpers.generation import GENERATION_DEFAULTS, generate
+from helpers.prompts import ALPACA_TEMPLATE
+
+QUESTIONS = ["为什么要减少污染，保护环境？", "介绍一下北京", "写一首关于春天的诗", "hello",
+             "如何学习编程？请给出三条建议，并说明原因。", "1+1=?"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from helpers import tiny
+
+    return tiny.hf_model(), tiny.lora_adapters()
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model):
+    from helpers.modeling import load_model
+
+    base, loras = tiny_model
+    return load_model(base, loras["alpaca"], device="cpu")
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONIOENCODING": "utf-8"}
+
+
+def test_defaults_are_the_original_scripts():
+    assert GENERATION_DEFAULTS == dict(temperature=0.2, top_k=40, top_p=0.9, num_beams=1, do_sample=True,
+                                       repetition_penalty=1.1, max_new_tokens=400)
+
+
+def test_make_prompt():
+    assert infer.make_prompt("你好", with_prompt=False) == "你好"
+    assert infer.make_prompt("你好", with_prompt=True) == ALPACA_TEMPLATE.format(instruction="你好")
+    p2 = infer.make_prompt("你好", True, "chinese-alpaca-2")
+    assert p2.startswith("[INST] <<SYS>>") and p2.endswith("你好 [/INST]")
+
+
+def test_lora_with_larger_vocab_resizes_embeddings(loaded, tiny_model):
+    from transformers import AutoConfig
+
+    model, tok = loaded
+    base_vocab = AutoConfig.from_pretrained(tiny_model[0]).vocab_size
+    assert model.get_input_embeddings().weight.shape[0] == len(tok) > base_vocab
+    assert tok.padding_side == "left" and tok.pad_token is not None
+
+
+def test_batched_equals_one_at_a_time_under_greedy(loaded):
+    model, tok = loaded
+    prompts = [infer.make_prompt(q, True) for q in QUESTIONS]  # different lengths -> real left padding
+    batched = generate(model, tok, prompts, batch_size=4, temperature=0, max_new_tokens=24)
+    single = generate(model, tok, prompts, batch_size=1, temperature=0, max_new_tokens=24)
+    assert batched == single
+    assert all(batched) and len(set(batched)) > 1
+    # sorting by length changes batching, not results or their order
+    assert generate(model, tok, prompts, batch_size=3, temperature=0, max_new_tokens=24, sort_by_length=True) == single
+
+
+def test_stop_strings_cut_answers(loaded):
+    model, tok = loaded
+    out = generate(model, tok, ["你好"], temperature=0, max_new_tokens=12)[0]
+    assert len(out) > 4
+    cut = generate(model, tok, ["你好"], temperature=0, max_new_tokens=12, stop=[out[2:4]])[0]
+    assert cut == out[:out.find(out[2:4])]
+
+
+def test_file_mode_cli_writes_predictions_and_config(tiny_model, tmp_path):
+    base, loras = tiny_model
+    data = tmp_path / "questions.txt"
+    data.write_text("\n".join(QUESTIONS[:3]) + "\n\n", encoding="utf-8")
+    out = tmp_path / "out" / "predictions.json"
+    proc = subprocess.run([sys.executable, "-m", "helpers.infer", "--base_model", str(base), "--lora_model",
+                           str(loras["alpaca"]), "--with_prompt", "--data_file", str(data), "--predictions_file",
+                           str(out), "--only_cpu", "--max_new_tokens", "16", "--temperature", "0"],
+                          capture_output=True, text=True, cwd=REPO_ROOT, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["Input"] for r in results] == QUESTIONS[:3]
+    assert all(isinstance(r["Output"], str) and r["Output"] for r in results)
+    config = json.loads((out.parent / "generation_config.json").read_text(encoding="utf-8"))
+    assert config["max_new_tokens"] == 16 and config["do_sample"] is False and config["repetition_penalty"] == 1.1
+    # the same greedy answers as the in-process batched call
+    from helpers.modeling import load_model
+
+    model, tok = load_model(base, loras["alpaca"], device="cpu")
+    expected = infer.predict(model, tok, QUESTIONS[:3], batch_size=1, temperature=0, max_new_tokens=16)
+    assert results == expected
+
+
+def test_interactive_mode_through_stdin(tiny_model):
+    base, loras = tiny_model
+    proc = subprocess.run([sys.executable, "-m", "helpers.infer", "--base_model", str(base), "--lora_model",
+                           str(loras["llama"]), "--with_prompt", "--interactive", "--only_cpu",
+                           "--max_new_tokens", "12", "--temperature", "0"],
+                          input="介绍一下北京\nhello\n\nthis line is never read\n", capture_output=True, text=True,
+                          cwd=REPO_ROOT, env=_env(), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("Input:") == 3  # two questions, then the empty line exits
+    answers = [part.split("\n")[0] for part in proc.stdout.split("Response: ")[1:]]
+    assert len(answers) == 2 and all(a.strip() for a in answers)
+    assert "never read" not in proc.stdout
+
+
+def test_interactive_streams_pieces(loaded):
+    import io
+
+    model, tok = loaded
+
+    class Out(io.StringIO):
+        writes = 0
+
+        def write(self, s):
+            Out.writes += 1
+            return super().write(s)
+
+    out = Out()
+    n = infer.interactive(model, tok, True, stdin=io.StringIO("你好\n"), stdout=out, temperature=0,
+                          max_new_tokens=10)
+    assert n == 1
+    before = out.getvalue().split("Response: ")[1]
+    assert before.strip() and Out.writes > 10  # the answer arrived in several pieces
+
+
+def test_cli_errors_exit_2(tiny_model, tmp_path, capsys):
+    base, _ = tiny_model
+    assert infer.main(["--base_model", str(base), "--data_file", str(tmp_path / "missing.txt")]) == 2
+    assert "--data_file" in capsys.readouterr().err
+    assert infer.main(["--base_model", str(base), "--only_cpu", "--load_in_8bit"]) == 2
+    assert "--load_in_8bit" in capsys.readouterr().err
+    assert infer.main(["--base_model", str(tmp_path / "nope")]) == 2
+    assert "--base_model" in capsys.readouterr().err
+    assert infer.main(["--base_model", str(base), "--template", "nope"]) == 2
+
+
+def test_load_in_8bit_on_cpu_is_a_clear_error(tiny_model):
+    from helpers.modeling import load_model
+
+    with pytest.raises(CourseError, match="CUDA"):
+        load_model(tiny_model[0], device="cpu", load_in_8bit=True)
