@@ -286,9 +286,12 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
     if config.get("vocab_size") not in (None, vocab):
         raise MergeError(f"{base / 'config.json'}: vocab_size {config['vocab_size']} but {EMBED} has {vocab} rows; "
                          "the config does not belong to these weights")
+    v = vocab
+    for n, ad in enumerate(adapters):  # order and tokenizer checks first: they explain the most common mistakes
+        _check_adapter_vocab(ad, paths, n, v, adapters)
+        v = ad.vocab_size or v
     steps, real_rows, current_embed = [vocab], vocab, None
     for n, ad in enumerate(adapters):
-        _check_adapter_vocab(ad, paths, n, vocab, adapters)
         new_vocab = ad.vocab_size or vocab
         for key in (EMBED, LM_HEAD):
             if key in ad.replace:

@@ -1,0 +1,286 @@
+"""Course step 04: streaming LoRA merge, checks that teach, SHA256 verify, adapter distribution."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import merge, tiny
+from helpers.merge import MergeError
+
+
+@pytest.fixture(scope="module")
+def base():
+    return tiny.hf_model()
+
+
+@pytest.fixture(scope="module")
+def loras():
+    return tiny.lora_adapters()
+
+
+@pytest.fixture(scope="module")
+def merged2(base, loras, tmp_path_factory):
+    """LLaMA-LoRA then Alpaca-LoRA, HF output in several small shards."""
+    out = tmp_path_factory.mktemp("m") / "hf2"
+    return merge.merge_lora_into(base, [loras["llama"], loras["alpaca"]], out, max_shard_size="300KB", progress=False)
+
+
+def _hf(path):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+
+
+def _ids(vocab):
+    return list(range(1, vocab, max(1, vocab // 40)))
+
+
+def _state_dict(folder):
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def test_single_lora_equals_peft_wrapped(base, loras, tmp_path):
+    res = merge.merge_lora_into(base, str(loras["llama"]), tmp_path / "hf1", progress=False)
+    vocab = merge.load_adapter(loras["llama"]).vocab_size
+    assert res.vocab_size == vocab > 1000 and res.plan.vocab_steps == [1000, vocab]
+    assert (tmp_path / "hf1" / "model.safetensors").is_file()
+    ref = merge.peft_reference(base, [loras["llama"]])          # PeftModel, not merged
+    assert type(ref).__name__.startswith("Peft")
+    a, b = merge.logits_of(_hf(res.output_dir), _ids(vocab)), merge.logits_of(ref, _ids(vocab))
+    assert a.shape == b.shape == (1, len(_ids(vocab)), vocab)
+    torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    # the LoRA really changed the model: the plain (resized) base differs
+    plain = _hf(base)
+    plain.resize_token_embeddings(vocab, mean_resizing=False)
+    assert (merge.logits_of(plain, _ids(1000)) - merge.logits_of(ref, _ids(1000))).abs().max() > 1e-2
+
+
+def test_two_loras_equal_peft_chain_and_shards(base, loras, merged2):
+    out = merged2.output_dir
+    alpaca_vocab = merge.load_adapter(loras["alpaca"]).vocab_size
+    assert merged2.plan.vocab_steps[-1] == alpaca_vocab == merge.load_adapter(loras["llama"]).vocab_size + 1
+    index = json.loads((out / "model.safetensors.index.json").read_text(encoding="utf-8"))
+    shards = sorted(out.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and set(index["weight_map"].values()) == {s.name for s in shards}
+    assert json.loads((out / "config.json").read_text(encoding="utf-8"))["vocab_size"] == alpaca_vocab
+    from helpers.tokenizer import load_tokenizer
+
+    assert len(load_tokenizer(out)) == alpaca_vocab  # the last LoRA's tokenizer
+    ref = merge.peft_reference(base, [loras["llama"], loras["alpaca"]])  # resize, LoRA1, merge, resize, LoRA2
+    torch.testing.assert_close(merge.logits_of(_hf(out), _ids(alpaca_vocab)),
+                               merge.logits_of(ref, _ids(alpaca_vocab)), atol=1e-4, rtol=1e-4)
+    assert merge.verify(out) == {"mismatch": [], "missing": [], "extra": []}
+    assert "chinese-llama-lora" in (out / "README.md").read_text(encoding="utf-8")
+
+
+def test_pth_output_is_meta_layout_of_hf_merge(base, loras, merged2, tmp_path):
+    from helpers.convert import hf_to_meta_state_dict, split_meta_shards
+
+    hf_sd = _state_dict(merged2.output_dir)
+    for n in (None, 2):
+        out = tmp_path / f"pth{n}"
+        merge.merge_lora_into(base, [loras["llama"], loras["alpaca"]], out, output_type="pth", num_shards=n,
+                              progress=False)
+        want = split_meta_shards(hf_to_meta_state_dict(hf_sd, 4, 4), n or 1)
+        got = sorted(out.glob("consolidated.*.pth"))
+        assert [p.name for p in got] == [f"consolidated.{i:02d}.pth" for i in range(n or 1)]
+        for p, w in zip(got, want):
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+            assert sd.keys() == w.keys()
+            assert all(torch.equal(sd[k], w[k]) for k in sd)
+        params = json.loads((out / "params.json").read_text(encoding="utf-8"))
+        assert params["dim"] == 64 and params["n_layers"] == 2 and params["vocab_size"] == -1
+        assert (out / "tokenizer.model").is_file() and not (out / ".staging").exists()
+        assert merge.verify(out)["mismatch"] == []
+
+
+def test_sharded_bin_base_gives_same_weights(base, loras, merged2, tmp_path):
+    # the old HF layout: pytorch_model-0000N-of-0000M.bin + pytorch_model.bin.index.json
+    sd = _state_dict(base)
+    keys = list(sd)
+    binbase = tmp_path / "bin_base"
+    binbase.mkdir()
+    parts = [keys[:7], keys[7:14], keys[14:]]
+    weight_map = {}
+    for i, part in enumerate(parts):
+        name = f"pytorch_model-{i + 1:05d}-of-00003.bin"
+        torch.save({k: sd[k] for k in part}, binbase / name)
+        weight_map.update({k: name for k in part})
+    (binbase / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}), encoding="utf-8")
+    for f in ("config.json", "tokenizer.model"):
+        shutil.copyfile(base / f, binbase / f)
+    res = merge.merge_lora_into(binbase, [loras["llama"], loras["alpaca"]], tmp_path / "o", progress=False)
+    a, b = _state_dict(res.output_dir), _state_dict(merged2.output_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cli_merge_existing_folder_and_verify(base, loras, tmp_path, capsys):
+    out = tmp_path / "cli"
+    args = ["--base_model", str(base), "--lora_model", f"{loras['llama']},{loras['alpaca']}",
+            "--output_type", "huggingface", "--output_dir", str(out), "--quiet"]
+    assert merge.main(args) == 0 and (out / "SHA256SUMS").is_file()
+    before = (out / "model.safetensors").stat().st_mtime_ns
+    assert merge.main(args) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert (out / "model.safetensors").stat().st_mtime_ns == before  # untouched
+    assert merge.main(args + ["--overwrite"]) == 0
+    assert merge.main(["verify", str(out)]) == 0
+    # corrupt one byte of the weights, delete the tokenizer: verify names both
+    data = bytearray((out / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (out / "model.safetensors").write_bytes(bytes(data))
+    (out / "tokenizer.model").unlink()
+    capsys.readouterr()
+    assert merge.main(["verify", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "model.safetensors: differs" in err and "tokenizer.model: is missing" in err
+    # an external manifest (as published with a download) works too
+    ext = tmp_path / "SUMS"
+    shutil.copyfile(out / "SHA256SUMS", ext)
+    with pytest.raises(MergeError, match="model.safetensors"):
+        merge.verify(out, ext)
+
+
+def test_wrong_order_explains(base, loras, tmp_path):
+    with pytest.raises(MergeError) as e:
+        merge.merge_lora_into(base, [loras["alpaca"], loras["llama"]], tmp_path / "x", progress=False)
+    msg = str(e.value)
+    assert "shrink" in msg and "49953" in msg and "49954" in msg
+    assert msg.rstrip().endswith(f"{loras['llama']},{loras['alpaca']}")  # the fix, spelled out
+    assert not (tmp_path / "x").exists()
+
+
+def test_tokenizer_adapter_vocab_mismatch(base, loras, tmp_path):
+    bad = tmp_path / "alpaca-with-llama-tokenizer"
+    shutil.copytree(loras["alpaca"], bad)
+    for f in loras["llama"].iterdir():
+        if f.name.startswith("tokenizer"):
+            shutil.copyfile(f, bad / f.name)
+    with pytest.raises(MergeError) as e:
+        merge.merge_lora_into(base, [loras["llama"], bad], tmp_path / "x", progress=False)
+    assert "49953" in str(e.value) and "49954" in str(e.value) and "tokenizer it was trained with" in str(e.value)
+
+
+def test_adapter_for_another_base_names_tensor_and_shapes(loras, tmp_path):
+    gqa = tiny.hf_model(gqa=True)  # LLaMA-2 style: 2 kv heads, k_proj/v_proj are (32, 64)
+    with pytest.raises(MergeError) as e:
+        merge.merge_lora_into(gqa, [loras["llama"]], tmp_path / "x", progress=False)
+    msg = str(e.value)
+    assert "self_attn.k_proj.weight" in msg and "(64, 64)" in msg and "(32, 64)" in msg and "another base" in msg
+
+
+def test_alpaca_without_llama_is_caught_by_stored_base(base, loras, tmp_path):
+    with pytest.raises(MergeError, match="trained on"):
+        merge.merge_lora_into(base, [loras["alpaca"]], tmp_path / "x", progress=False)
+    res = merge.merge_lora_into(base, [loras["alpaca"]], tmp_path / "y", check_base=False, progress=False)
+    assert res.vocab_size == merge.load_adapter(loras["alpaca"]).vocab_size
+
+
+def test_truncated_files(base, loras, tmp_path):
+    bad_base = tmp_path / "base"
+    shutil.copytree(base, bad_base)
+    w = bad_base / "model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(MergeError, match="model.safetensors.*truncated or corrupt"):
+        merge.merge_lora_into(bad_base, [loras["llama"]], tmp_path / "x", progress=False)
+    bad_lora = tmp_path / "lora"
+    shutil.copytree(loras["llama"], bad_lora)
+    a = bad_lora / "adapter_model.safetensors"
+    a.write_bytes(a.read_bytes()[:1000])
+    with pytest.raises(MergeError, match="adapter_model.safetensors.*truncated or corrupt"):
+        merge.merge_lora_into(base, [bad_lora], tmp_path / "x", progress=False)
+    assert merge.main(["--base_model", str(bad_base), "--lora_model", str(loras["llama"]),
+                       "--output_dir", str(tmp_path / "x"), "--quiet"]) == 2
+
+
+def test_atomic_output_on_failure(base, loras, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = merge.merged_tensor
+
+    def flaky(plan, key, w):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("disk full (simulated)")
+        return real(plan, key, w)
+
+    monkeypatch.setattr(merge, "merged_tensor", flaky)
+    with pytest.raises(RuntimeError, match="simulated"):
+        merge.merge_lora_into(base, [loras["llama"]], tmp_path / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor a temporary folder is left
+
+
+def test_scaling_rslora_patterns_equal_peft(base, tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    cfg = LoraConfig(r=8, lora_alpha=16, use_rslora=True, rank_pattern={"q_proj": 4}, alpha_pattern={"v_proj": 3},
+                     target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0, task_type="CAUSAL_LM")
+    pm = get_peft_model(_hf(base), cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    pm.save_pretrained(tmp_path / "rs")
+    ad = merge.load_adapter(tmp_path / "rs")
+    assert ad.scaling("model.layers.0.self_attn.q_proj.weight") == pytest.approx(16 / 2)
+    assert ad.scaling("model.layers.0.self_attn.v_proj.weight") == pytest.approx(3 / 8 ** 0.5)
+    res = merge.merge_lora_into(base, [tmp_path / "rs"], tmp_path / "out", progress=False)
+    ref = PeftModel.from_pretrained(_hf(base), str(tmp_path / "rs")).eval()
+    torch.testing.assert_close(merge.logits_of(_hf(res.output_dir), _ids(1000)), merge.logits_of(ref, _ids(1000)),
+                               atol=1e-4, rtol=1e-4)
+    ad.config["fan_in_fan_out"] = True  # GPT-2 Conv1D layout: the delta is transposed
+    key = "model.layers.0.mlp.down_proj.weight"
+    a, b = ad.lora[key]
+    torch.testing.assert_close(ad.delta(key), (b @ a).T * ad.scaling(key))
+
+
+def test_adapter_package_vs_merged(base, loras, merged2, tmp_path):
+    pkg = merge.package_adapter(loras["alpaca"], tmp_path / "pkg", base_name="tiny-llama")
+    names = {p.name for p in pkg.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.model", "README.md", "SHA256SUMS"} <= names
+    card = (pkg / "README.md").read_text(encoding="utf-8")
+    assert "base_model: tiny-llama" in card and "PeftModel.from_pretrained" in card and "resize_token_embeddings" in card
+    assert merge.verify(pkg)["mismatch"] == []
+    assert merge.folder_size(pkg) > 0 and merge.folder_size(merged2.output_dir) > 0
+
+
+def test_several_adapters_on_one_base(base, tmp_path):
+    from peft import PeftModel
+
+    task = merge.make_task_adapters(base, tmp_path / "ad")
+    model = PeftModel.from_pretrained(_hf(base), str(task["poem"]), adapter_name="poem")
+    model.load_adapter(str(task["qa"]), adapter_name="qa")
+    model.eval()
+    ids = _ids(1000)
+    out = {}
+    for name in ("poem", "qa"):
+        model.set_adapter(name)
+        out[name] = merge.logits_of(model, ids)
+        res = merge.merge_lora_into(base, [task[name]], tmp_path / f"m_{name}", progress=False)
+        torch.testing.assert_close(out[name], merge.logits_of(_hf(res.output_dir), ids), atol=1e-4, rtol=1e-4)
+    assert (out["poem"] - out["qa"]).abs().max() > 1e-2
+    # weighted combination: "cat" with weights 1,1 stacks both deltas == merging poem then qa
+    model.add_weighted_adapter(["poem", "qa"], [1.0, 1.0], "both", combination_type="cat")
+    model.set_adapter("both")
+    both = merge.merge_lora_into(base, [task["poem"], task["qa"]], tmp_path / "m_both", progress=False)
+    torch.testing.assert_close(merge.logits_of(model, ids), merge.logits_of(_hf(both.output_dir), ids),
+                               atol=1e-4, rtol=1e-4)
+    model.add_weighted_adapter(["poem", "qa"], [0.5, 0.5], "mix", combination_type="cat")
+    model.set_adapter("mix")
+    half = merge.logits_of(model, ids)
+    assert all((half - out[n]).abs().max() > 1e-3 for n in ("poem", "qa"))
+
+
+def test_parse_size():
+    assert merge.parse_size("2GB") == 2 * 10**9 and merge.parse_size("1GiB") == 2**30
+    assert merge.parse_size("500MB") == 5 * 10**8 and merge.parse_size(123) == 123
+    with pytest.raises(MergeError, match="--max_shard_size"):
+        merge.parse_size("two gigs")
