@@ -1,0 +1,163 @@
+"""Chinese vocabulary extension: jieba-weighted training, the merge, HF == sentencepiece on every data/ line for the
+MERGED tokenizers, efficiency on held-out text, embedding resize, CLI and errors."""
+import sys
+
+import pytest
+import sentencepiece as spm
+import torch
+
+from helpers import tiny, vocab
+from helpers.core import DATA_DIR, CourseError
+from helpers.tokenizer import build_hf_tokenizer, load_sp_proto, load_tokenizer, sp_mismatches
+
+POEM = "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。"
+EDGE = [" lead", "  两个空格", "trail ", "中文 mixed English", "\t制表", "", " ", "x = 12345", "emoji 🙂 表情",
+        "「引号」《书名》", "ＡＢＣ全角", "a  b   c"]
+
+
+@pytest.fixture(scope="module")
+def toks():
+    return tiny.merged_tokenizers()
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return [x for x in (DATA_DIR / "zh_heldout.txt").read_text(encoding="utf-8").splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize("kind", ["llama", "alpaca"])
+def test_merged_hf_tokenizer_encodes_like_sentencepiece_on_every_data_line(toks, data_lines, kind):
+    tok = load_tokenizer(toks[f"{kind}_hf"])
+    assert len(data_lines) > 1000 and sum(vocab.chinese_chars(x) for x in data_lines) > 10000
+    assert sp_mismatches(tok, toks[f"{kind}_sp"], data_lines + EDGE) == []
+    for text in ["你好，世界！", POEM, "LLaMA 模型 2023 年"]:
+        assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_original_zero_scores_are_the_cause_of_the_mismatch(tmp_path, data_lines):
+    """merge_tokenizers.py's constant score 0 makes sentencepiece break ties by position; ranked BPE cannot."""
+    zero = tmp_path / "zero.model"
+    vocab.merge_sp_models(tiny.base_sp_model(), tiny.chinese_sp_model(), zero, zero_scores=True)
+    assert len(sp_mismatches(build_hf_tokenizer(zero), zero, data_lines)) > 0
+    fixed = tmp_path / "fixed.model"
+    vocab.merge_sp_models(tiny.base_sp_model(), tiny.chinese_sp_model(), fixed)
+    assert sp_mismatches(build_hf_tokenizer(fixed), fixed, data_lines) == []
+    a, b = load_sp_proto(zero), load_sp_proto(fixed)
+    assert [p.piece for p in a.pieces] == [p.piece for p in b.pieces]  # same vocabulary, same ids
+    new = [p.score for p in b.pieces[1000:]]
+    assert new == sorted(new, reverse=True) and len(set(new)) == len(new) and min(new) > 0
+
+
+def test_base_ids_kept_and_pad_appended(toks):
+    base = load_sp_proto(tiny.base_sp_model())
+    llama, alpaca = load_sp_proto(toks["llama_sp"]), load_sp_proto(toks["alpaca_sp"])
+    assert [(p.piece, p.score, p.type) for p in llama.pieces[: len(base.pieces)]] == \
+        [(p.piece, p.score, p.type) for p in base.pieces]
+    assert len(alpaca.pieces) == len(llama.pieces) + 1 and alpaca.pieces[-1].piece == "[PAD]"
+    zh = spm.SentencePieceProcessor(model_file=str(tiny.chinese_sp_model()))
+    zh_normal = {zh.id_to_piece(i) for i in range(zh.get_piece_size()) if not (zh.is_control(i) or zh.is_unknown(i))}
+    assert zh_normal <= {p.piece for p in llama.pieces}  # every Chinese piece is in the merged vocabulary
+    assert len({p.piece for p in llama.pieces}) == len(llama.pieces)  # no duplicates
+    al = load_tokenizer(toks["alpaca_hf"])
+    assert al.pad_token == "[PAD]" and al.pad_token_id == len(llama.pieces) == len(al) - 1
+    assert len(load_tokenizer(toks["llama_hf"])) == len(llama.pieces)
+
+
+def test_chinese_model_learns_from_jieba_word_counts(tmp_path):
+    corpus = (DATA_DIR / "zh_corpus.txt").read_text(encoding="utf-8")
+    zh = spm.SentencePieceProcessor(model_file=str(tiny.chinese_sp_model()))
+    pieces = {zh.id_to_piece(i) for i in range(zh.get_piece_size())}
+    top = [w for w, _ in vocab.jieba_words(top=1000) if len(w) > 1 and w not in corpus]
+    learned = [w for w in top if w in pieces]
+    assert len(top) >= 10 and len(learned) >= 0.8 * len(top), (learned, top)  # words the corpus never shows
+    assert not any(p.startswith("▁") and vocab.CJK.match(p[1:2] or "a") for p in pieces)  # no dummy prefix
+    info = vocab.write_weighted_tsv(tmp_path / "in.tsv", [DATA_DIR / "zh_corpus.txt"], [("中国", 100), ("你好", 50)])
+    rows = (tmp_path / "in.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[:2] == ["中国\t100", "你好\t50"] and all(r.count("\t") == 1 for r in rows)
+    assert info["corpus_lines"] == len(rows) - 2 and rows[2].endswith(f"\t{info['corpus_weight']}")
+
+
+def test_tokens_per_chinese_char_goal_on_heldout(toks, heldout):
+    corpus = set((DATA_DIR / "zh_corpus.txt").read_text(encoding="utf-8").splitlines())
+    assert heldout and not corpus & set(heldout)  # held out: never trained on
+    df = vocab.efficiency_table({"base": tiny.base_sp_model(), "chinese_llama": toks["llama_sp"]}, heldout)
+    base, ext = df.tokens_per_char
+    assert base > 2.0  # English-only base with byte fallback: ~3 tokens per Chinese character
+    assert ext / base <= 0.6 and df.vs_base.iloc[1] == pytest.approx(ext / base, abs=1e-3)
+    b = spm.SentencePieceProcessor(model_file=str(tiny.base_sp_model()))
+    m = spm.SentencePieceProcessor(model_file=str(toks["llama_sp"]))
+    assert len(m.encode(POEM)) < len(b.encode(POEM)) / 2
+
+
+def test_resize_embeddings_new_rows_are_the_mean(toks):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny.hf_model(), dtype=torch.float32).eval()
+    old_in = model.get_input_embeddings().weight.detach().clone()
+    ids = torch.tensor([[1, 50, 60, 70]])
+    with torch.no_grad():
+        before = model(ids).logits
+    n = len(load_tokenizer(toks["llama_hf"]))
+    vocab.resize_embeddings(model, n)
+    w_in, w_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert w_in.shape[0] == w_out.shape[0] == model.config.vocab_size == n
+    torch.testing.assert_close(w_in[:1000], old_in)
+    torch.testing.assert_close(w_in[1000:], old_in.mean(0, keepdim=True).expand(n - 1000, -1))
+    torch.testing.assert_close(w_out[-1], w_out[:1000].mean(0))
+    with torch.no_grad():
+        after = model(ids).logits
+    torch.testing.assert_close(after[..., :1000], before)
+
+
+def test_cli_merges_and_refuses_existing_output(tmp_path, capsys, toks):
+    base_dir = tmp_path / "llama"
+    base_dir.mkdir()
+    (base_dir / "tokenizer.model").write_bytes(tiny.base_sp_model().read_bytes())
+    args = ["--llama_tokenizer_dir", str(base_dir), "--chinese_sp_model_file", str(tiny.chinese_sp_model()),
+            "--output_dir", str(tmp_path / "out")]
+    assert vocab.main(args) == 0
+    out = tmp_path / "out"
+    assert (out / "merged_tokenizer_sp" / "chinese_llama.model").read_bytes() == toks["llama_sp"].read_bytes()
+    assert (out / "merged_tokenizer_hf" / "tokenizer.json").is_file() and (out / "alpaca_tokenizer_hf").is_dir()
+    assert vocab.main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    assert vocab.main(args + ["--overwrite"]) == 0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_cli_trains_the_chinese_model_when_none_given(tmp_path, heldout):
+    base_dir = tmp_path / "llama"
+    base_dir.mkdir()
+    (base_dir / "tokenizer.model").write_bytes(tiny.base_sp_model().read_bytes())
+    assert vocab.main(["--llama_tokenizer_dir", str(base_dir), "--vocab_size", "2000",
+                       "--output_dir", str(tmp_path / "out")]) == 0
+    assert spm.SentencePieceProcessor(model_file=str(tmp_path / "out" / "chinese_sp.model")).get_piece_size() == 2000
+    model = tmp_path / "out" / "merged_tokenizer_sp" / "chinese_llama.model"
+    assert sp_mismatches(load_tokenizer(tmp_path / "out" / "merged_tokenizer_hf"), model, heldout + EDGE) == []
+
+
+def test_non_sentencepiece_bases_are_refused(tmp_path):
+    only_json = tmp_path / "json_only"
+    only_json.mkdir()
+    (only_json / "tokenizer.json").write_text('{"model": {"type": "BPE"}}', encoding="utf-8")
+    with pytest.raises(CourseError, match="Only SentencePiece models can be merged"):
+        vocab.extend_vocab(only_json, tiny.chinese_sp_model(), tmp_path / "o1")
+    tiktoken = tmp_path / "llama3"
+    tiktoken.mkdir()
+    (tiktoken / "tokenizer.model").write_text("IQ== 0\nIg== 1\nIw== 2\n", encoding="utf-8")
+    with pytest.raises(CourseError, match="tiktoken .*Only SentencePiece models can be merged"):
+        vocab.extend_vocab(tiktoken, tiny.chinese_sp_model(), tmp_path / "o2")
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "tokenizer.model").write_bytes(b"\x00\x01not a model")
+    with pytest.raises(CourseError, match="Only SentencePiece models can be merged"):
+        vocab.extend_vocab(garbage, tiny.chinese_sp_model(), tmp_path / "o3")
+    with pytest.raises(CourseError, match="chinese_sp_model_file not found"):
+        vocab.extend_vocab(tiny.base_sp_model(), tmp_path / "missing.model", tmp_path / "o4")
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5))
+
+
+def test_protobuf_missing_gives_install_hint(monkeypatch, tmp_path):
+    monkeypatch.delattr(spm, "sentencepiece_model_pb2", raising=False)
+    monkeypatch.setitem(sys.modules, "sentencepiece.sentencepiece_model_pb2", None)  # import now fails
+    with pytest.raises(CourseError, match="pip install protobuf"):
+        vocab.merge_sp_models(tiny.base_sp_model(), tiny.chinese_sp_model(), tmp_path / "m.model")
