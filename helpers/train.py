@@ -218,6 +218,9 @@ def build_model(margs: ModelArguments, largs: LoraArguments, targs, tokenizer):
             bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(margs.model_name_or_path, **kwargs)
+    # no KV cache while training: with a cache transformers ignores packed position_ids and the flattened
+    # examples would attend to each other (checked in tests/test_data.py)
+    model.config.use_cache = False
     if len(tokenizer) != model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     if largs.load_in_kbits in (4, 8):
