@@ -224,8 +224,16 @@ def _save_adapter(peft_model, tokenizer_dir: Path, out: Path, base_name: str) ->
     peft_model.save_pretrained(out, safe_serialization=True)
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    cfg["base_model_name_or_path"] = base_name  # no absolute workspace paths: keeps files byte-identical
+    # Keep files byte-identical wherever they are built: no absolute workspace paths, and PEFT's
+    # set-valued fields (target_modules) in a fixed order.
+    cfg["base_model_name_or_path"] = base_name
+    cfg = {k: sorted(v) if isinstance(v, list) and all(isinstance(x, str) for x in v) else v for k, v in cfg.items()}
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    (out / "README.md").write_text(
+        f"# {out.name} (tiny stand-in)\n\nA random LoRA for the course's tiny `{base_name}` model, built by "
+        "`helpers.tiny.lora_adapters()`; it mirrors the real release (PEFT LoRA r=8 on q,k,v,o,gate,down,up plus "
+        "full embed_tokens/lm_head, shipped with its tokenizer). Load it with "
+        "`helpers.modeling.load_model(base, lora_model=<this folder>)`.\n", encoding="utf-8")
     for f in tokenizer_dir.iterdir():
         if f.is_file() and f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copyfile(f, out / f.name)
