@@ -1,0 +1,172 @@
+"""Step 06 web UI: the chat engine (templates, streaming, LoRA switch), the Gradio app, the launcher's
+flags, and a real browser session against the real server (headless Debian chromium via Playwright)."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from helpers import webui
+from helpers.core import REPO_ROOT, CourseError
+from helpers.prompts import build_prompt
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from helpers import tiny
+
+    return tiny.hf_model(), tiny.lora_adapters()
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    base, loras = tiny_model
+    adapters = {"chinese-alpaca-lora": loras["alpaca"], "chinese-llama-lora": loras["llama"]}
+    return webui.ChatEngine(base, adapters, device="cpu")
+
+
+def test_engine_guesses_template_and_builds_prompts(engine):
+    engine.load("chinese-alpaca-lora")
+    assert engine.template == "alpaca"
+    text, add_special = engine.prompt([], "你好")
+    assert text == build_prompt("你好") and add_special  # the tokenizer adds <s>
+    history = [{"role": "user", "content": "你好"}, {"role": "assistant", "content": "你好！"}]
+    text, add_special = engine.prompt(history, "再见", template="chinese-alpaca-2", system="你是助手。")
+    assert text.startswith("<s>[INST] <<SYS>>\n你是助手。\n<</SYS>>\n\n你好 [/INST]你好！ </s><s>[INST] 再见 [/INST]")
+    assert not add_special  # the template carries <s> itself
+
+
+def test_engine_streams_a_growing_answer(engine):
+    engine.load("chinese-alpaca-lora")
+    parts = list(engine.reply([], "介绍一下北京", temperature=0, max_new_tokens=24))
+    assert len(parts) > 3 and parts[-1]
+    assert len({len(p) for p in parts}) > 2  # text arrived in steps, not at once
+    again = list(engine.reply([], "介绍一下北京", temperature=0, max_new_tokens=24))
+    assert again[-1] == parts[-1]  # greedy is deterministic
+
+
+def test_switching_adapters_reloads_model_and_tokenizer(engine):
+    engine.load("chinese-alpaca-lora")
+    vocab_alpaca = len(engine.tokenizer)
+    msg = engine.load("chinese-llama-lora")
+    assert engine.current == "chinese-llama-lora" and engine.template == "llama"
+    assert len(engine.tokenizer) == vocab_alpaca - 1  # Chinese-Alpaca adds [PAD]
+    assert engine.model.get_input_embeddings().weight.shape[0] == len(engine.tokenizer)
+    assert "chinese-llama-lora" in msg
+    with pytest.raises(CourseError, match="unknown"):
+        engine.load("nope")
+    engine.load("chinese-alpaca-lora")
+
+
+def test_create_ui_returns_blocks_with_controls(engine):
+    import gradio as gr
+
+    demo = webui.create_ui(engine)
+    assert isinstance(demo, gr.Blocks)
+    labels = {getattr(c, "label", None) for c in demo.blocks.values()}
+    for want in ("max_new_tokens", "top_p", "top_k", "repetition_penalty", "LoRA 模型", "模板 (template)"):
+        assert want in labels
+    assert any(str(lbl).startswith("temperature") for lbl in labels)
+
+
+def test_cli_refuses_share_and_bad_paths(tmp_path, capsys, tiny_model):
+    base, _ = tiny_model
+    assert webui.main(["--base_model", str(base), "--share"]) == 2
+    assert "ssh -L" in capsys.readouterr().err
+    assert webui.main(["--base_model", str(base), "--lora_model", str(tmp_path / "missing")]) == 2
+    assert "--lora_model" in capsys.readouterr().err
+    assert webui.main(["--base_model", str(base), "--template", "nope"]) == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model, tmp_path_factory):
+    """The real UI server (python -m helpers.webui) on 127.0.0.1 and a free port."""
+    base, loras = tiny_model
+    port = _free_port()
+    log = tmp_path_factory.mktemp("webui") / "server.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    with open(log, "w", encoding="utf-8") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "helpers.webui", "--base_model", str(base), "--lora_model",
+                                 f"{loras['alpaca']},{loras['llama']}", "--port", str(port), "--only_cpu"],
+                                cwd=REPO_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.fail(f"web UI did not start:\n{log.read_text(encoding='utf-8')[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.mark.browser
+@pytest.mark.server
+@pytest.mark.slow
+def test_browser_chat_streams_an_answer(server, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("COURSE_REQUIRE_BROWSER"):
+            pytest.fail("COURSE_REQUIRE_BROWSER is set but chromium is missing (apt-get install chromium)")
+        pytest.skip("Debian chromium is not installed (apt-get install chromium); CI sets COURSE_REQUIRE_BROWSER=1")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1100, "height": 900})
+            page.goto(server, wait_until="domcontentloaded")
+            box = page.locator("#query textarea")
+            box.wait_for(timeout=60_000)
+            box.fill("介绍一下北京")
+            box.press("Enter")
+            page.locator('#chatbot [data-testid="user"]').first.wait_for(timeout=30_000)
+            assert "介绍一下北京" in page.locator('#chatbot [data-testid="user"]').first.inner_text()
+            bot = page.locator('#chatbot [data-testid="bot"]')
+            seen: list[str] = []
+            deadline = time.time() + 120
+            while time.time() < deadline:  # sample the answer while it is being written
+                if bot.count():
+                    text = bot.last.inner_text().strip()
+                    if text and (not seen or text != seen[-1]):
+                        seen.append(text)
+                    if len(seen) >= 3 and len(seen[-1]) > 20:
+                        break
+                page.wait_for_timeout(50)
+            assert len(seen) >= 3, f"no streamed answer: {seen}"
+            assert len(seen[-1]) > len(seen[0])  # the answer grew while we watched
+            shot = tmp_path / "webui.png"
+            page.screenshot(path=str(shot), full_page=True)
+            assert shot.stat().st_size > 10_000
+            print(f"screenshot: {shot}")
+            # clear empties the conversation
+            page.wait_for_timeout(500)
+            page.locator("#clear").click()
+            page.wait_for_function("() => !document.querySelector('#chatbot [data-testid=\"user\"]')", timeout=30_000)
+        finally:
+            browser.close()
