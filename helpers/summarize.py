@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if bool(args.model_path) == bool(args.openai_api_base):
             raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
+        docs = split_text(load_document(args.file_path)[0].page_content, args.chunk_size, args.chunk_overlap)
         tokenizer = None
         if args.model_path:
             llm, _, tokenizer = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
@@ -116,7 +117,6 @@ def main(argv: list[str] | None = None) -> int:
 
                 tokenizer = load_tokenizer(args.tokenizer_path)
             llm, template = api_llm(args.openai_api_base, max_tokens=args.max_new_tokens, tokenizer=tokenizer), "raw"
-        docs = split_text(load_document(args.file_path)[0].page_content, args.chunk_size, args.chunk_overlap)
         chain = build_summarize_chain(llm, args.chain_type, template, args.token_max, tokenizer)
         print(json.dumps({"file_path": str(Path(args.file_path)), "chain_type": args.chain_type,
                           "chunks": len(docs), "summary": summarize(chain, docs)}, ensure_ascii=False))
