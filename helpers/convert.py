@@ -127,6 +127,11 @@ def _split_key(key: str):
     return META_SPLIT_DIM.get(name, None)
 
 
+def split_dim(key: str) -> int | None:
+    """The dimension along which Meta splits weight ``key`` across tensor-parallel shards (None: replicated)."""
+    return _split_key(key)
+
+
 def split_meta_shards(meta_sd: dict[str, torch.Tensor], num_shards: int) -> list[dict[str, torch.Tensor]]:
     """Split a Meta state dict for ``num_shards`` tensor-parallel ranks, as Meta's release does."""
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(num_shards)]
@@ -162,7 +167,7 @@ def _load_pth(path: Path) -> dict[str, torch.Tensor]:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise ConvertError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0][:200]}). The file is truncated or corrupt: download it "
+                               f"{str(e).splitlines()[0].split('. ')[0][:200]}). The file is truncated or corrupt: download it "
                                "again and compare its checksum with checklist.chk") from first
 
 
