@@ -182,8 +182,6 @@ def load_adapter(path: str | Path) -> Adapter:
     """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors/.bin + tokenizer)."""
     import torch
 
-    from .tokenizer import load_tokenizer
-
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise MergeError(f"--lora_model {path}: no adapter_config.json; pass a PEFT LoRA folder "
@@ -233,8 +231,30 @@ def load_adapter(path: str | Path) -> Adapter:
             raise MergeError(f"{weights}: {key} has lora_{''.join(ab)} but not both lora_A and lora_B; the adapter is incomplete")
         ad.lora[key] = (ab["A"], ab["B"])
     if any((path / f).is_file() for f in ("tokenizer.model", "tokenizer.json")):
-        ad.tokenizer_len = len(load_tokenizer(path))
+        ad.tokenizer_len = tokenizer_length(path)
     return ad
+
+
+def tokenizer_length(folder: str | Path) -> int:
+    """``len(tokenizer)`` of a tokenizer folder without importing transformers (slow to import on a busy CPU).
+
+    ``tokenizer.json``: the ``tokenizers`` vocabulary with added tokens; else the SentencePiece piece count
+    plus any added token ids beyond it from ``tokenizer_config.json``.
+    """
+    folder = Path(folder)
+    try:
+        if (folder / "tokenizer.json").is_file():
+            from tokenizers import Tokenizer
+
+            return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+        import sentencepiece as spm
+
+        n = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model")).get_piece_size()
+    except Exception as e:
+        raise MergeError(f"{folder}: cannot read the tokenizer ({e}); the tokenizer files look corrupt") from e
+    cfg = folder / "tokenizer_config.json"
+    added = read_json(cfg).get("added_tokens_decoder", {}) if cfg.is_file() else {}
+    return max([n - 1] + [int(i) for i in added]) + 1
 
 
 # --------------------------------------------------------------------------- the plan
@@ -489,17 +509,19 @@ def _meta_name(key: str) -> tuple[str, str | None]:
 
 def meta_params(config: dict) -> dict:
     """``params.json`` for the merged model via :func:`helpers.convert.meta_params_from_config` (multiple_of found)."""
-    from transformers import LlamaConfig
+    from types import SimpleNamespace
 
     from .convert import meta_params_from_config
 
-    cfg = LlamaConfig(**{k: v for k, v in config.items() if k not in ("architectures", "transformers_version")})
+    cfg = SimpleNamespace(**dict(config, num_key_value_heads=config.get("num_key_value_heads")
+                                 or config["num_attention_heads"]))
     for multiple_of in (256, 128, 64, 32, 16, 8, 4, 2, 1):
         try:
             return meta_params_from_config(cfg, multiple_of=multiple_of)
         except ValueError:
             continue
-    raise MergeError(f"intermediate_size {cfg.intermediate_size} follows no LLaMA multiple_of rule; use --output_type huggingface")
+    raise MergeError(f"intermediate_size {cfg.intermediate_size} follows no LLaMA multiple_of rule; "
+                     "use --output_type huggingface")
 
 
 @dataclass

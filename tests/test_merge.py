@@ -279,6 +279,13 @@ def test_several_adapters_on_one_base(base, tmp_path):
     assert all((half - out[n]).abs().max() > 1e-3 for n in ("poem", "qa"))
 
 
+def test_tokenizer_length_matches_transformers(loras, base):
+    from helpers.tokenizer import load_tokenizer
+
+    for folder in (loras["llama"], loras["alpaca"], base):
+        assert merge.tokenizer_length(folder) == len(load_tokenizer(folder))
+
+
 def test_parse_size():
     assert merge.parse_size("2GB") == 2 * 10**9 and merge.parse_size("1GiB") == 2**30
     assert merge.parse_size("500MB") == 5 * 10**8 and merge.parse_size(123) == 123
