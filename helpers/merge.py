@@ -81,18 +81,21 @@ def base_weight_files(base_model: str | Path) -> list[Path]:
 
 
 class _Reader:
-    """Read tensors of one weight file one at a time (safetensors: memory-mapped; .bin: weights_only, mmap)."""
+    """Read tensors of one weight file one at a time.
+
+    safetensors: the header is parsed here and each tensor is read with ``readinto`` into its own buffer
+    (no memory map, so only the tensor in hand is resident; the format is a JSON header + raw bytes, and
+    the library has no "read one tensor without mapping the file" call). ``.bin``: ``torch.load`` with
+    ``weights_only=True`` and ``mmap=True``.
+    """
 
     def __init__(self, path: Path):
         self.path = path
-        self._st = None
+        self._f = None
         self._sd = None
         try:
             if path.suffix == ".safetensors":
-                from safetensors import safe_open
-
-                self._st = safe_open(str(path), framework="pt")
-                self.keys = list(self._st.keys())
+                self._open_safetensors(path)
             else:
                 import torch
 
@@ -111,24 +114,49 @@ class _Reader:
             raise MergeError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:200]}). The file looks truncated "
                              "or corrupt: download it again and compare its SHA256 with the published value") from e
 
+    def _open_safetensors(self, path: Path) -> None:
+        size = path.stat().st_size
+        f = open(path, "rb")
+        n = int.from_bytes(f.read(8), "little")
+        if size < 8 or n <= 0 or 8 + n > size:
+            f.close()
+            raise MergeError(f"{path}: the safetensors header says {n} bytes but the file has {size}: the file is "
+                             "truncated or corrupt; download it again and compare its SHA256")
+        header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = max((v["data_offsets"][1] for v in header.values()), default=0)
+        if 8 + n + end != size:
+            f.close()
+            raise MergeError(f"{path}: the header needs {8 + n + end} bytes but the file has {size}: the file is "
+                             "truncated or corrupt; download it again and compare its SHA256")
+        self._f, self._header, self._start = f, header, 8 + n
+        self.keys = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+
     def shape(self, key: str) -> tuple[int, ...]:
-        if self._st is not None:
-            return tuple(self._st.get_slice(key).get_shape())
-        return tuple(self._sd[key].shape)
+        return tuple(self._header[key]["shape"]) if self._f else tuple(self._sd[key].shape)
 
     def dtype(self, key: str):
-        if self._st is not None:
-            return _torch_dtype(self._st.get_slice(key).get_dtype())
-        return self._sd[key].dtype
+        return _torch_dtype(self._header[key]["dtype"]) if self._f else self._sd[key].dtype
 
     def get(self, key: str):
-        try:
-            return self._st.get_tensor(key) if self._st is not None else self._sd[key]
-        except Exception as e:
-            raise MergeError(f"{self.path}: cannot read tensor {key} ({e}); the file looks truncated or corrupt") from e
+        if self._f is None:
+            return self._sd[key]
+        import torch
+
+        begin, end = self._header[key]["data_offsets"]
+        buf = bytearray(end - begin)
+        self._f.seek(self._start + begin)
+        if self._f.readinto(buf) != len(buf):
+            raise MergeError(f"{self.path}: cannot read tensor {key}; the file is truncated or corrupt")
+        dtype, shape = self.dtype(key), self.shape(key)
+        if not buf:
+            return torch.empty(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def close(self):
-        self._st = self._sd = None
+        if self._f is not None:
+            self._f.close()
+        self._f = self._sd = None
 
 
 # --------------------------------------------------------------------------- adapters
