@@ -320,13 +320,15 @@ def plot_efficiency(df, path: str | Path | None = None, goal: float = 0.6):
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.2))
+    fig, ax = plt.subplots(figsize=(max(5, 1.5 * len(df)), 3.6))
     ax.bar(df.tokenizer, df.tokens_per_char, color=["#999999"] + ["#cc3333"] * (len(df) - 1))
     ax.axhline(df.tokens_per_char.iloc[0] * goal, ls="--", color="k", lw=1, label=f"goal: {goal} x base")
     for i, v in enumerate(df.tokens_per_char):
         ax.text(i, v, f"{v:.2f}", ha="center", va="bottom")
     ax.set_ylabel("tokens per Chinese character")
     ax.set_title("Chinese tokens per character (held-out text)")
+    ax.set_ylim(0, df.tokens_per_char.max() * 1.15)
+    ax.tick_params(axis="x", labelrotation=15)
     ax.legend()
     fig.tight_layout()
     if path is not None:
