@@ -390,6 +390,34 @@ def run(stage: str, argv: list[str]) -> TrainResult:
     return TrainResult(stage, out, adapter_dir, list(trainer.state.log_history), stats.as_dict(), metrics, note, world)
 
 
+# Real models of the course (config.json figures) for the memory / disk / time estimates of the notebook.
+REAL_SHAPES = {
+    "hfl/chinese-llama-2-1.3b": dict(hidden=4096, intermediate=11008, layers=4, vocab=55296),
+    "Chinese-LLaMA-7B (49953 vocab)": dict(hidden=4096, intermediate=11008, layers=32, vocab=49953),
+    "hfl/chinese-llama-2-7b": dict(hidden=4096, intermediate=11008, layers=32, vocab=55296),
+}
+
+
+def lora_budget(hidden: int, intermediate: int, layers: int, vocab: int, rank: int = 8, kbits: int = 16,
+                train_embeddings: bool = True, tokens: int = 512) -> dict:
+    """Rough GPU memory (GB), adapter size (GB) and training FLOPs per sequence for a LoRA run.
+
+    Estimates, not measurements: frozen base weights at ``kbits`` bits; trainable parameters (LoRA on the 7 seed
+    modules, plus ``embed_tokens``/``lm_head`` when ``train_embeddings``) cost 16 bytes each (fp32 weight, grad,
+    two AdamW moments); activations are not included (gradient checkpointing keeps them ~1-2 GB at 512 tokens).
+    """
+    per_layer = 4 * hidden * hidden + 3 * hidden * intermediate
+    embed = 2 * vocab * hidden
+    base = layers * per_layer + embed
+    lora = layers * rank * (4 * 2 * hidden + 3 * (hidden + intermediate))
+    trainable = lora + (embed if train_embeddings else 0)
+    gb = 1024 ** 3
+    return {"params_b": round(base / 1e9, 2), "trainable_m": round(trainable / 1e6, 1),
+            "weights_gb": round(base * kbits / 8 / gb, 1), "optimizer_gb": round(trainable * 16 / gb, 2),
+            "total_gb": round((base * kbits / 8 + trainable * 16) / gb, 1),
+            "adapter_gb_fp16": round(trainable * 2 / gb, 2), "tflop_per_seq": round(4 * base * tokens / 1e12, 1)}
+
+
 def flags(**kwargs) -> list[str]:
     """``dict`` -> CLI flags (``None`` values skipped): the notebook way of writing the same command line."""
     argv: list[str] = []

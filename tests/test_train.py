@@ -194,3 +194,12 @@ def test_torchrun_two_processes_on_cpu(tiny_set, tmp_path):
     ranks = [json.loads((out / "ranks" / f"rank{r}.json").read_text(encoding="utf-8")) for r in (0, 1)]
     assert all(r["world_size"] == 2 and r["global_step"] == 3 for r in ranks)
     assert ranks[0]["digest"] == ranks[1]["digest"] == train.adapter_digest(out / "sft_lora_model")
+
+
+def test_lora_budget_matches_known_model_sizes():
+    seven = train.lora_budget(**train.REAL_SHAPES["Chinese-LLaMA-7B (49953 vocab)"])
+    assert 6.8 < seven["params_b"] < 7.0  # LLaMA-7B (6.74 B) + the Chinese embedding rows
+    assert 19 < seven["trainable_m"] < 21 + 410 and seven["weights_gb"] > 12
+    lora_only = train.lora_budget(**train.REAL_SHAPES["Chinese-LLaMA-7B (49953 vocab)"], kbits=4,
+                                  train_embeddings=False)
+    assert lora_only["total_gb"] < seven["total_gb"] / 4 and 19 < lora_only["trainable_m"] < 21
