@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .core import CourseError
 from .generation import generation_kwargs
-from .prompts import ALPACA2_SYSTEM, ALPACA_TEMPLATE, TEMPLATES, build_prompt
+from .prompts import get_family, render
 
 DEFAULT_PORT = 19327
 DEFAULT_MAX_TOKENS = 128  # the original server's default when a request gives no max_tokens
@@ -120,40 +120,30 @@ def message_text(msg: ChatMessage, index: int) -> str:
 
 
 def chat_prompt(messages: list[ChatMessage], template: str = "alpaca") -> str:
-    """The model prompt for a conversation with a named template (``alpaca`` or ``alpaca2``).
+    """The prompt text for a conversation, rendered by :func:`helpers.prompts.render` with a chat family.
 
-    One user message (no system) gives exactly :func:`helpers.prompts.build_prompt`; earlier turns are
-    written in the same template, a system message replaces the template's system text.
+    ``alpaca`` (Chinese-Alpaca): one user message gives exactly :func:`helpers.prompts.build_prompt`;
+    ``alpaca2`` (Chinese-Alpaca-2): ``<s>`` + the Llama-2 chat format with the system prompt. Any family of
+    ``helpers.prompts.FAMILIES`` works. Bad conversations raise :class:`APIError` (400).
     """
     if not messages:
         raise APIError(400, "messages: must contain at least one message", "messages")
-    system, turns = None, []  # turns: [user, assistant|None]
+    msgs: list[dict] = []
     for i, msg in enumerate(messages):
         if msg.role not in ROLES:
             raise APIError(400, f"messages[{i}].role: unknown role {msg.role!r}; use one of system, user, assistant",
                            f"messages.{i}.role")
         text = message_text(msg, i)
-        if msg.role in ("system", "developer"):
-            system = text
-        elif msg.role == "user":
-            turns.append([text, None])
-        elif turns and turns[-1][1] is None:
-            turns[-1][1] = text
-        else:
-            turns.append(["", text])
-    if not turns or turns[-1][1] is not None:
-        raise APIError(400, "messages: the last non-system message must come from the user", "messages")
-    if template == "alpaca2":
-        sys_text = system or ALPACA2_SYSTEM
-        parts = []
-        for k, (user, answer) in enumerate(turns):
-            head = f"<<SYS>>\n{sys_text}\n<</SYS>>\n\n" if k == 0 else ""
-            parts.append(f"[INST] {head}{user} [/INST]" + (f" {answer} </s><s>" if answer is not None else ""))
-        return "".join(parts)
-    header = ALPACA_TEMPLATE.split("\n\n", 1)[0] if system is None else system
-    body = "".join(f"### Instruction:\n{u}\n\n### Response: " + (f"{a}\n\n" if a is not None else "")
-                   for u, a in turns)
-    return f"{header}\n\n{body}"
+        role = "system" if msg.role == "developer" else msg.role
+        if role == "system" and msgs:
+            raise APIError(400, f"messages[{i}]: a system message must come first", f"messages.{i}.role")
+        msgs.append({"role": role, "content": text})
+    if msgs[-1]["role"] != "user":
+        raise APIError(400, "messages: the last message must come from the user", "messages")
+    try:
+        return render(template, msgs)
+    except CourseError as e:
+        raise APIError(400, f"messages: {e}", "messages") from None
 
 
 # --------------------------------------------------------------------------- generation engine
@@ -216,11 +206,19 @@ class Engine:
             tokenizer.pad_token = tokenizer.unk_token
 
     def encode(self, text: str) -> list[int]:
-        return self.tokenizer(text)["input_ids"]
+        """Token ids of a prompt; BOS is added unless the rendered template already starts with it."""
+        bos = self.tokenizer.bos_token
+        add = not (bos and text.startswith(bos))
+        return self.tokenizer(text, add_special_tokens=add)["input_ids"]
 
     def run(self, ids: list[int], max_tokens: int, stop: list[str], cancel: threading.Event,
-            on_text=None, seed: int | None = None, **sampling) -> Result:
-        """Generate up to ``max_tokens`` after ``ids``; calls ``on_text(delta)`` as safe text arrives."""
+            on_text=None, seed: int | None = None, flush_interval: float = 0.02, **sampling) -> Result:
+        """Generate up to ``max_tokens`` after ``ids``; returns a :class:`Result`.
+
+        ``on_text(delta)`` receives the new text as it becomes safe to send (not a possible stop-string
+        prefix, not half a character): the first piece at once, then at most every ``flush_interval``
+        seconds, because waking the server's event loop for every token costs more than a tiny model's step.
+        """
         import torch
         from transformers import StoppingCriteria, StoppingCriteriaList
         from transformers.generation.streamers import BaseStreamer
@@ -229,7 +227,8 @@ class Engine:
         kw = generation_kwargs(tok, max_new_tokens=max_tokens, **sampling)
         eos = kw.get("eos_token_id")
         eos_ids = set(eos if isinstance(eos, list) else [eos])
-        state = {"ids": [], "sent": 0, "text": "", "stopped": False, "eos": False, "prompt_seen": False}
+        state = {"ids": [], "sent": 0, "text": "", "stopped": False, "eos": False, "prompt_seen": False,
+                 "flushed": 0.0}
         halt = threading.Event()  # this generation hit a stop string (``cancel`` is the client's)
 
         def text_of(token_ids):
@@ -245,6 +244,9 @@ class Engine:
                     state["eos"] = state["eos"] or t in eos_ids
                 if not (stop or on_text):
                     return
+                now = time.perf_counter()
+                if not stop and state["sent"] and now - state["flushed"] < flush_interval and not state["eos"]:
+                    return  # nothing to check, and the last piece went out a moment ago
                 text = text_of(state["ids"])
                 cut = min((text.find(s) for s in stop if s in text), default=-1)
                 if cut >= 0:
@@ -256,9 +258,9 @@ class Engine:
                 safe = len(text) if state["stopped"] else len(text) - _held_back(text, stop)
                 if text.endswith("\ufffd") and not state["stopped"]:
                     safe = min(safe, len(text) - 1)  # half of a multi-byte character
-                if safe > state["sent"]:
+                if safe > state["sent"] and (not state["sent"] or state["stopped"] or now - state["flushed"] >= flush_interval):
                     on_text(text[state["sent"]:safe])
-                    state["sent"] = safe
+                    state["sent"], state["flushed"] = safe, now
 
             def end(self):
                 pass
@@ -267,6 +269,9 @@ class Engine:
             def __call__(self, input_ids, scores, **kwargs):
                 return torch.full((input_ids.shape[0],), cancel.is_set() or halt.is_set(), dtype=torch.bool, device=input_ids.device)
 
+        # without stop strings or streaming, plain generate() is all we need (no per-token Python work)
+        hooks = dict(streamer=Collector(), stopping_criteria=StoppingCriteriaList([Cancelled()])) \
+            if (stop or on_text) else {}
         with self.lock:
             if cancel.is_set():
                 self.stats.add(cancelled=1)
@@ -275,8 +280,13 @@ class Engine:
                 torch.manual_seed(seed)
             input_ids = torch.tensor([ids], device=self.device)
             with torch.inference_mode():
-                self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                                    streamer=Collector(), stopping_criteria=StoppingCriteriaList([Cancelled()]), **kw)
+                out = self.model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **hooks, **kw)
+            if not hooks:
+                new = out[0, input_ids.shape[1]:].tolist()
+                if any(t in eos_ids for t in new):  # a batch of one never pads, but cut at EOS to be safe
+                    new = new[:next(i for i, t in enumerate(new) if t in eos_ids) + 1]
+                state["ids"] = new
+                state["eos"] = any(t in eos_ids for t in new)
         text = state["text"] if (stop or on_text) else text_of(state["ids"])
         if not state["stopped"]:
             text = text_of(state["ids"])
@@ -358,7 +368,8 @@ def create_app(model, tokenizer, model_name: str = "chinese-alpaca", api_key: st
                template: str = "alpaca", completion_template: bool = True, context_length: int | None = None):
     """Returns the FastAPI app serving ``model`` with OpenAI's API (no server started).
 
-    ``template``: prompt template for chat (``alpaca`` = Chinese-Alpaca, ``alpaca2`` = Chinese-Alpaca-2).
+    ``template``: chat family for prompts (``alpaca`` = Chinese-Alpaca, ``alpaca2`` = Chinese-Alpaca-2, or any
+    family name of :mod:`helpers.prompts`).
     ``completion_template``: as the original server, wrap a completion prompt in the template too.
     ``api_key``: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
     """
@@ -367,8 +378,7 @@ def create_app(model, tokenizer, model_name: str = "chinese-alpaca", api_key: st
     from fastapi.responses import StreamingResponse
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    if template not in TEMPLATES:
-        raise CourseError(f"--template {template!r}: choose one of {sorted(TEMPLATES)}")
+    template = get_family(template).name  # CourseError naming the known families if unknown
     engine = Engine(model, tokenizer, context_length)
     app = FastAPI(title="Chinese-LLaMA-Alpaca course API (OpenAI-compatible)", version="1.0")
     app.state.engine = engine
@@ -470,24 +480,34 @@ def create_app(model, tokenizer, model_name: str = "chinese-alpaca", api_key: st
         try:
             for i in range(req.n):
                 yield f"data: {json.dumps(chunk(i, None, None, role=True), ensure_ascii=False)}\n\n"
-            while True:
+            finished = False
+            while not finished:
                 try:
-                    kind, i, payload = await asyncio.wait_for(queue.get(), timeout=0.5)
+                    items = [await asyncio.wait_for(queue.get(), timeout=0.5)]
                 except asyncio.TimeoutError:
                     if await request.is_disconnected():
                         return
                     continue
-                if kind == "delta":
-                    yield f"data: {json.dumps(chunk(i, payload, None), ensure_ascii=False)}\n\n"
-                elif kind == "finish":
-                    results.append(payload)
-                    reason = "length" if payload.finish_reason == "cancelled" else payload.finish_reason
-                    yield f"data: {json.dumps(chunk(i, None, reason), ensure_ascii=False)}\n\n"
-                elif kind == "error":
-                    yield f"data: {json.dumps(APIError(500, str(payload), type='server_error').body())}\n\n"
-                else:
-                    break
-                if kind == "delta" and await request.is_disconnected():
+                while not queue.empty():  # a slow reader gets what queued up meanwhile in fewer events
+                    items.append(queue.get_nowait())
+                merged: list = []
+                for item in items:
+                    if merged and item[0] == "delta" and merged[-1][0] == "delta" and merged[-1][1] == item[1]:
+                        merged[-1] = ("delta", item[1], merged[-1][2] + item[2])
+                    else:
+                        merged.append(item)
+                for kind, i, payload in merged:
+                    if kind == "delta":
+                        yield f"data: {json.dumps(chunk(i, payload, None), ensure_ascii=False)}\n\n"
+                    elif kind == "finish":
+                        results.append(payload)
+                        reason = "length" if payload.finish_reason == "cancelled" else payload.finish_reason
+                        yield f"data: {json.dumps(chunk(i, None, reason), ensure_ascii=False)}\n\n"
+                    elif kind == "error":
+                        yield f"data: {json.dumps(APIError(500, str(payload), type='server_error').body())}\n\n"
+                    else:
+                        finished = True
+                if not finished and await request.is_disconnected():
                     return
             if (req.stream_options or {}).get("include_usage"):
                 yield f"data: {json.dumps(chunk(None, None, None, usage=_usage(jobs, results, req.n)))}\n\n"
@@ -524,7 +544,7 @@ def create_app(model, tokenizer, model_name: str = "chinese-alpaca", api_key: st
         if not prompts:
             raise APIError(400, "prompt: must not be an empty list", "prompt")
         if completion_template:
-            prompts = [build_prompt(p, template=template) for p in prompts]
+            prompts = [render(template, [{"role": "user", "content": p}]) for p in prompts]
         jobs = _jobs(engine, req, prompts)
         cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
         if req.stream:
@@ -583,6 +603,88 @@ _FIELD_NAMES = (set(ChatCompletionRequest.model_fields) | set(CompletionRequest.
 
 
 # --------------------------------------------------------------------------- launcher
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    """``python -m helpers.api ...`` running as a subprocess (notebooks, tests, benchmarks).
+
+    ``url`` is the base URL (``http://127.0.0.1:PORT``), ``v1`` the OpenAI ``base_url``; ``stop()`` ends it.
+    Usable as a context manager.
+    """
+
+    def __init__(self, args: list[str], port: int, timeout: float = 180.0, env: dict | None = None):
+        import os
+        import subprocess
+        import tempfile
+
+        import httpx
+
+        from .core import REPO_ROOT
+
+        self.port, self.url, self.v1 = port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="course-api-", suffix=".log", delete=False)
+        full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                    **(env or {})}
+        self.proc = subprocess.Popen([sys.executable, "-m", "helpers.api", *args, "--port", str(port)],
+                                     cwd=REPO_ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the API server exited with code {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                self.stop()
+                raise RuntimeError(f"the API server did not answer within {timeout:.0f} s:\n{self.output()}")
+            time.sleep(0.3)
+
+    def output(self) -> str:
+        """What the server printed so far."""
+        return Path(self.log.name).read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> int:
+        """Terminate the server (kill after 20 s); returns its exit code."""
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def start_server(base_model: str | Path, lora_model: str | Path | None = None, port: int | None = None,
+                 api_key: str | None = None, extra: list[str] | None = None, timeout: float = 180.0,
+                 env: dict | None = None) -> ServerProcess:
+    """Start ``python -m helpers.api`` on 127.0.0.1 (a free port unless given); returns when it answers."""
+    args = ["--base_model", str(base_model), "--only_cpu"]
+    if lora_model:
+        args += ["--lora_model", str(lora_model)]
+    if api_key:
+        args += ["--api_key", api_key]
+    return ServerProcess(args + list(extra or []), port or free_port(), timeout, env)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.api", description="OpenAI-compatible API server (seed 002 第9步)")
     p.add_argument("--base_model", required=True, help="HF model folder (merged model, or the base with --lora_model)")
@@ -595,7 +697,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes the server: set --api_key)")
     p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1 requests")
     p.add_argument("--model_name", default=None, help="name reported by /v1/models (default: folder name)")
-    p.add_argument("--template", default="alpaca", choices=sorted(TEMPLATES), help="prompt template")
+    p.add_argument("--template", default="alpaca",
+                   help="chat family of helpers.prompts: alpaca (Chinese-Alpaca), alpaca2 (Chinese-Alpaca-2), ...")
     return p
 
 

@@ -1,19 +1,13 @@
 """helpers.api: the OpenAI-compatible server. Error handling in process (TestClient); everything else against
 the REAL server (uvicorn subprocess on 127.0.0.1) with the official openai client, LangChain, curl, 16 streams."""
-import base64
 import json
-import os
 import shlex
-import socket
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from helpers.core import REPO_ROOT
 
 SEED_CURLS = {  # seed 002 第9步, verbatim (only the port is replaced by the test server's)
     "completions": """curl http://localhost:19327/v1/completions \\
@@ -35,12 +29,6 @@ SEED_CURLS = {  # seed 002 第9步, verbatim (only the port is replaced by the t
     "input": "今天天气真不错"
   }'""",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -67,30 +55,12 @@ def client(tiny_model):
 
 @pytest.fixture(scope="module")
 def server(tiny_model):
-    """``python -m helpers.api`` as a real uvicorn subprocess; yields its base URL."""
-    import httpx
+    """``python -m helpers.api`` as a real uvicorn subprocess (helpers.api.start_server); yields its base URL."""
+    from helpers.api import start_server
 
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "helpers.api", "--base_model", str(tiny_model), "--only_cpu",
-                             "--port", str(port), "--model_name", "tiny-alpaca"], cwd=REPO_ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.3)
-    else:
-        proc.kill()
-        pytest.fail("server did not start in 180 s")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    srv = start_server(tiny_model, extra=["--model_name", "tiny-alpaca"], env={"OMP_NUM_THREADS": "1"})
+    yield srv.url
+    assert srv.stop() in (0, -15)
 
 
 @pytest.fixture(scope="module")
@@ -107,22 +77,35 @@ def _messages(text="给我讲一些有关杭州的故事吧"):
 # --------------------------------------------------------------------------- prompts (no model)
 def test_chat_prompt_matches_templates():
     from helpers.api import APIError, ChatMessage, chat_prompt
-    from helpers.prompts import build_prompt
+    from helpers.prompts import build_prompt, render
 
     one = [ChatMessage(role="user", content="你好")]
     assert chat_prompt(one) == build_prompt("你好")
-    assert chat_prompt(one, "alpaca2") == build_prompt("你好", template="alpaca2")
+    assert chat_prompt(one, "alpaca2") == "<s>" + build_prompt("你好", template="alpaca2")
     seed_style = [ChatMessage(role="user", message="你好")]
     assert chat_prompt(seed_style) == build_prompt("你好")
     multi = [ChatMessage(role="system", content="你是导游。"), ChatMessage(role="user", content="杭州?"),
              ChatMessage(role="assistant", content="西湖。"), ChatMessage(role="user", content="还有呢?")]
     text = chat_prompt(multi)
-    assert text.startswith("你是导游。\n\n### Instruction:\n杭州?") and text.endswith("### Instruction:\n还有呢?\n\n### Response: ")
+    assert text.startswith(build_prompt("杭州?")) and text.endswith("### Instruction:\n还有呢?\n\n### Response: ")
     assert "西湖。" in text
     two = chat_prompt(multi, "alpaca2")
     assert two.count("[INST]") == 2 and "<<SYS>>\n你是导游。\n<</SYS>>" in two and two.endswith("还有呢? [/INST]")
-    with pytest.raises(APIError):
-        chat_prompt([ChatMessage(role="assistant", content="x")])
+    assert two == render("chinese-alpaca-2", [m.model_dump(include={"role", "content"}) for m in multi])
+    for bad in ([ChatMessage(role="assistant", content="x")],
+                [ChatMessage(role="user", content="a"), ChatMessage(role="user", content="b")],
+                [ChatMessage(role="user", content="a"), ChatMessage(role="system", content="b")]):
+        with pytest.raises(APIError):
+            chat_prompt(bad)
+
+
+def test_alpaca2_prompt_has_one_bos(client):
+    from helpers.api import ChatMessage, chat_prompt
+
+    engine = client.app.state.engine
+    ids = engine.encode(chat_prompt([ChatMessage(role="user", content="你好")], "alpaca2"))
+    assert ids.count(engine.tokenizer.bos_token_id) == 1 and ids[0] == engine.tokenizer.bos_token_id
+    assert engine.encode("你好")[0] == engine.tokenizer.bos_token_id
 
 
 # --------------------------------------------------------------------------- errors (in process)
