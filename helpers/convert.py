@@ -391,10 +391,13 @@ def hf_to_meta(input_dir: str | Path, output_dir: str | Path, num_shards: int | 
     if not (src / "config.json").is_file():
         raise ConvertError(f"{src / 'config.json'}: not found; --input_dir must be an HF model folder")
     config = AutoConfig.from_pretrained(src, trust_remote_code=False)
+    flag = f"--num_shards {num_shards}"
     if num_shards is None:
         num_shards = NUM_SHARDS.get((model_size or "").upper(), 1)
-    if config.num_key_value_heads % num_shards or config.num_attention_heads % num_shards:
-        raise ConvertError(f"--num_shards {num_shards}: must divide the {config.num_key_value_heads} key/value heads")
+        flag = f"--model_size {model_size} ({num_shards} shards)"
+    if num_shards < 1 or config.num_key_value_heads % num_shards or config.num_attention_heads % num_shards:
+        raise ConvertError(f"{flag}: the shard count must divide the {config.num_key_value_heads} key/value heads "
+                           f"of {src}; pass --num_shards")
     params = meta_params(config)
     sd = load_hf_state_dict(src)
     meta = hf_to_meta_state_dict(sd, config.num_attention_heads, config.num_key_value_heads)

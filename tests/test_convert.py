@@ -113,7 +113,7 @@ def test_model_size_sets_meta_shard_count(converted, tmp_path):
     again = convert.meta_to_hf(tmp_path / "root", "13B", tmp_path / "hf13")
     a, b = convert.load_hf_state_dict(hf_dir), convert.load_hf_state_dict(again)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(CourseError, match="num_shards 3"):
+    with pytest.raises(CourseError, match="--num_shards 3: the shard count must divide"):
         convert.hf_to_meta(hf_dir, tmp_path / "x", num_shards=3)
 
 
