@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -111,36 +112,51 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default=None, help="scratch folder (default: a new folder under /tmp)")
     ap.add_argument("--keep", action="store_true", help="keep the synthetic files")
-    ap.add_argument("--small", action="store_true", help="a ~40 MB model to check the script quickly")
+    ap.add_argument("--small", action="store_true", help="a ~70 MB model to check the script quickly")
+    ap.add_argument("--phase", choices=["all", "generate", "measure"], default="all", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.small:
         CONFIG.update(hidden_size=256, intermediate_size=688, num_attention_heads=4, num_key_value_heads=4,
                       vocab_size=8000)
+    if a.phase == "generate":
+        write_model(Path(a.workdir) / "base")
+        write_lora(Path(a.workdir) / "lora")
+        return 0
+    if a.phase == "measure":
+        return measure(Path(a.workdir))
+    # Generation and measurement run in fresh processes: a child's ru_maxrss includes the pages of the
+    # parent it was forked from, so the measuring parent must stay small (it imports no torch).
     work = Path(a.workdir or tempfile.mkdtemp(prefix="p2-merge-", dir="/tmp"))
-    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    flags = ["--workdir", str(work)] + (["--small"] if a.small else [])
     try:
-        base, lora = work / "base", work / "lora"
-        if not base.is_dir():
-            size = write_model(base)
-            write_lora(lora)
-        else:
-            size = json.loads((base / "model.safetensors.index.json").read_text(encoding="utf-8"))["metadata"]["total_size"]
-        shards = len(list(base.glob("*.safetensors")))
-        print(f"synthetic base: {size / 1e9:.2f} GB fp32 in {shards} shards at {base}")
-        fmt = dict(base=str(base), lora=str(lora))
-        floor = in_subprocess("floor: import torch + helpers.merge", FLOOR, env)
-        ours = in_subprocess("helpers.merge (streaming)", OURS.format(out=str(work / "out_ours"), **fmt), env)
-        peft = in_subprocess("PEFT load+merge_and_unload+save", PEFT.format(out=str(work / "out_peft"), **fmt), env)
-        _check_same(work / "out_ours", work / "out_peft")
-        mb = size / 2**20
-        report("P2 streaming LoRA merge", [floor, ours, peft], {
-            "streaming peak RSS / model size": (ours.peak_rss_mb / mb, "<= 0.5"),
-            "PEFT peak RSS / model size": (peft.peak_rss_mb / mb, "(reference, ~1.2)"),
-            "streaming time / PEFT time": (ours.seconds / peft.seconds, "<= 1.0"),
-        })
+        if not (work / "base").is_dir():
+            subprocess.run([sys.executable, __file__, "--phase", "generate", *flags], check=True)
+        subprocess.run([sys.executable, __file__, "--phase", "measure", *flags], check=True)
     finally:
         if not a.keep:
             shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def measure(work: Path) -> int:
+    """Run the three variants (smallest first), check the outputs agree, print and save the report."""
+    base, lora = work / "base", work / "lora"
+    env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    size = json.loads((base / "model.safetensors.index.json").read_text(encoding="utf-8"))["metadata"]["total_size"]
+    print(f"synthetic base: {size / 1e9:.2f} GB fp32 in {len(list(base.glob('*.safetensors')))} shards at {base}")
+    fmt = dict(base=str(base), lora=str(lora))
+    for out in ("out_ours", "out_peft"):
+        shutil.rmtree(work / out, ignore_errors=True)
+    floor = in_subprocess("floor: import torch + helpers.merge", FLOOR, env)
+    ours = in_subprocess("helpers.merge (streaming)", OURS.format(out=str(work / "out_ours"), **fmt), env)
+    peft = in_subprocess("PEFT load+merge_and_unload+save", PEFT.format(out=str(work / "out_peft"), **fmt), env)
+    mb = size / 2**20
+    report("P2 streaming LoRA merge", [floor, ours, peft], {
+        "streaming peak RSS / model size": (ours.peak_rss_mb / mb, "<= 0.5"),
+        "PEFT peak RSS / model size": (peft.peak_rss_mb / mb, "(reference, ~1.2)"),
+        "streaming time / PEFT time": (ours.seconds / peft.seconds, "<= 1.0"),
+    })
+    _check_same(work / "out_ours", work / "out_peft")
     return 0
 
 
