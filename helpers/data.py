@@ -218,6 +218,9 @@ class TokenStats:
         return asdict(self)
 
     def __str__(self) -> str:
+        if "dropped_tail_tokens" in self.extra:  # pre-training blocks
+            return (f"{self.records} texts -> {self.kept} blocks of {self.max_seq_length} tokens ({self.tokens} tokens; "
+                    f"{self.extra['dropped_tail_tokens']} tail tokens dropped)")
         return (f"{self.records} records -> {self.kept} kept, {self.truncated} truncated to {self.max_seq_length} "
                 f"tokens, {self.dropped} dropped (no target left); {self.tokens} tokens, "
                 f"{self.target_tokens} trained on")

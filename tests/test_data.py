@@ -130,6 +130,7 @@ def test_pt_blocks(tok):
     assert all(len(b) == 64 for b in ds["input_ids"]) and len(ds) == total // 64
     assert ds["labels"] == ds["input_ids"]
     assert stats.extra["dropped_tail_tokens"] == total % 64
+    assert str(stats).startswith(f"{len(texts)} texts -> {len(ds)} blocks of 64 tokens")
     assert data.group_texts([[1, 2, 3], [4, 5]], 2) == [[1, 2], [3, 4]]
     with pytest.raises(CourseError, match="--block_size"):
         data.tokenize_pt(["短"], tok, block_size=4096)
