@@ -54,7 +54,9 @@ class DataArguments:
     validation_split_percentage: float = field(default=0.0, metadata={
         "help": "fraction of the training data held out for evaluation when no --validation_file (0.001 = 0.1%)"})
     data_cache_dir: str | None = field(default=None, metadata={"help": "cache of tokenized datasets"})
-    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "processes for datasets.map"})
+    preprocessing_num_workers: int | None = field(default=None, metadata={
+        "help": "accepted for the original command lines; tokenization here runs in one process (cached with "
+                "--data_cache_dir)"})
     max_seq_length: int = field(default=512, metadata={"help": "SFT: tokens per example (longer ones are cut)"})
     block_size: int = field(default=512, metadata={"help": "PT: tokens per training block"})
     text_column: str = field(default="text", metadata={"help": "PT: the text column of CSV/JSON files"})
@@ -332,6 +334,16 @@ def _save_tokenizer(tokenizer, src: str, out: Path) -> None:
         shutil.copyfile(sp, out / "tokenizer.model")
 
 
+def tokenizer_folder(name_or_path: str) -> str:
+    """A local folder for ``--tokenizer_name_or_path``: the path itself, or (real profile) the tokenizer files of a
+    hub model downloaded with ``huggingface_hub`` (``HF_ENDPOINT`` may point to a mirror)."""
+    if Path(name_or_path).exists() or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return str(name_or_path)
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(name_or_path, allow_patterns=["tokenizer*", "special_tokens_map.json"])
+
+
 def run(stage: str, argv: list[str]) -> TrainResult:
     """Train a LoRA for ``stage`` (``pt`` | ``sft``) from original-style flags; returns a :class:`TrainResult`."""
     import torch
@@ -350,8 +362,12 @@ def run(stage: str, argv: list[str]) -> TrainResult:
     if out.is_dir() and any(out.glob("*_lora_model")) and not (largs.overwrite_output_dir or resuming):
         raise CourseError(f"--output_dir {out} already holds a trained adapter; pass --overwrite_output_dir "
                           "or --resume_from_checkpoint")
+    for flag, value in (("--model_name_or_path", margs.model_name_or_path),
+                        ("--tokenizer_name_or_path", margs.tokenizer_name_or_path), ("--peft_path", largs.peft_path)):
+        if value and not Path(value).exists() and (flag == "--peft_path" or os.environ.get("HF_HUB_OFFLINE") == "1"):
+            raise CourseError(f"{flag} {value}: folder not found (offline mode cannot download; check the path)")
     set_seed(targs.seed)
-    tok_path = margs.tokenizer_name_or_path or margs.model_name_or_path
+    tok_path = tokenizer_folder(margs.tokenizer_name_or_path or margs.model_name_or_path)
     tokenizer = load_tokenizer(tok_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token  # LLaMA has no pad token; padded positions carry no label
@@ -445,6 +461,8 @@ def launch_command(stage: str, nproc_per_node: int = 2, deepspeed: bool = True, 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.train pt|sft --flag ...``; exit 2 with a message on bad input."""
+    from .tokenizer import TokenizerError
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         print("usage: python -m helpers.train {pt,sft} --model_name_or_path ... --dataset_dir ... --output_dir ...\n"
@@ -452,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         result = run(argv[0], argv[1:])
-    except CourseError as e:
+    except (CourseError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result.world_size == 1 or int(os.environ.get("RANK", "0")) == 0:

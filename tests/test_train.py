@@ -104,6 +104,8 @@ def test_vocab_checks_explain_the_pairing(tiny_set):
     argv = ["sft"] + train.flags(**_sft_flags(tiny_set, "/tmp/never", tokenizer_name_or_path=tiny_set["llama_tok"],
                                               peft_path=tiny_set["lora_alpaca"]))
     assert train.main(argv) == 2
+    assert train.main(["sft"] + train.flags(**_sft_flags(tiny_set, "/tmp/never", model_name_or_path="/no/such"))) == 2
+    assert train.main(["train"]) == 2  # unknown stage: usage, exit 2
 
 
 def test_qlora_needs_cuda(tiny_set, tmp_path):
