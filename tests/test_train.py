@@ -205,3 +205,21 @@ def test_lora_budget_matches_known_model_sizes():
     lora_only = train.lora_budget(**train.REAL_SHAPES["Chinese-LLaMA-7B (49953 vocab)"], kbits=4,
                                   train_embeddings=False)
     assert lora_only["total_gb"] < seven["total_gb"] / 4 and 19 < lora_only["trainable_m"] < 21
+
+
+def test_trainer_feeds_packed_batches_to_the_model(tiny_set, tmp_path, monkeypatch):
+    """With --packing flatten the model sees one row, restarting position_ids, no mask and no KV cache."""
+    import transformers.models.llama.modeling_llama as ml
+
+    seen = []
+    original = ml.LlamaModel.forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("position_ids"), kwargs.get("attention_mask"), self.config.use_cache))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ml.LlamaModel, "forward", spy)
+    train.train("sft", **_sft_flags(tiny_set, tmp_path / "spy", max_steps=1, packing="flatten"))
+    pos, mask, use_cache = seen[0]
+    assert pos.shape[0] == 1 and mask is None and use_cache is False
+    assert int((pos[0] == 0).sum()) == 4  # 4 examples per device batch, each restarting at position 0
