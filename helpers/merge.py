@@ -10,7 +10,8 @@ its ``SHA256SUMS``.
 Streaming: the whole merge plan (every output tensor's name, shape and dtype) is known from the
 shard headers and the adapters before any weight is read, so output safetensors files are written
 tensor by tensor (header first) while the base is read one tensor at a time. Peak memory is about
-one input shard's mapped pages plus the adapters, never the whole model.
+the adapters plus a few copies of the largest tensor (safetensors input), or one memory-mapped shard
+(``.bin`` input), never the whole model (benchmark P2).
 """
 from __future__ import annotations
 
@@ -623,6 +624,7 @@ def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
             w.write(key, t)
             weight_map[key] = name
             total += t.numel() * t.element_size()
+            del t  # free it before the next tensor is read: at most one large tensor alive
         w.close()
     if len(groups) > 1:
         write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
@@ -661,6 +663,7 @@ def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
             t = permute_hf_to_meta(t, heads if perm == "q" else kv)
         for w, piece in zip(writers, split_meta_shards({meta: t}, n)):
             w.write(meta, piece[meta])
+        del t, piece
     for r, w in enumerate(writers):
         w.close()
         torch.save(_mmap_tensors(w), tmp / f"consolidated.{r:02d}.pth")

@@ -121,6 +121,16 @@ def test_sharded_bin_base_gives_same_weights(base, loras, merged2, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_sharded_safetensors_base_gives_same_weights(base, loras, merged2, tmp_path):
+    resharded = tmp_path / "st_base"
+    _hf(base).save_pretrained(resharded, max_shard_size="100KB")
+    shutil.copyfile(base / "tokenizer.model", resharded / "tokenizer.model")
+    assert len(list(resharded.glob("model-*.safetensors"))) > 2
+    res = merge.merge_lora_into(resharded, [loras["llama"], loras["alpaca"]], tmp_path / "o", progress=False)
+    a, b = _state_dict(res.output_dir), _state_dict(merged2.output_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_cli_merge_existing_folder_and_verify(base, loras, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["--base_model", str(base), "--lora_model", f"{loras['llama']},{loras['alpaca']}",
