@@ -114,7 +114,7 @@ def create_ui(engine: ChatEngine, title: str = "Chinese-LLaMA-Alpaca 对话") ->
             max_new_tokens = gr.Slider(1, 2048, value=d["max_new_tokens"], step=1, label="max_new_tokens")
             temperature = gr.Slider(0.0, 2.0, value=d["temperature"], step=0.05, label="temperature (0 = greedy)")
             top_p = gr.Slider(0.0, 1.0, value=d["top_p"], step=0.01, label="top_p")
-            top_k = gr.Slider(0, 100, value=d["top_k"], step=1, label="top_k")
+            top_k = gr.Slider(0, 100, value=d["top_k"], step=1, label="top_k (0 = off)")
             repetition_penalty = gr.Slider(1.0, 2.0, value=d["repetition_penalty"], step=0.01,
                                            label="repetition_penalty")
 
@@ -129,7 +129,7 @@ def create_ui(engine: ChatEngine, title: str = "Chinese-LLaMA-Alpaca 对话") ->
                 return
             past, q = history[:-1], history[-1]["content"]
             q = q if isinstance(q, str) else history_to_messages([history[-1]])[0]["content"]
-            gen = dict(max_new_tokens=int(n), temperature=float(temp), top_p=float(p), top_k=int(k) or None,
+            gen = dict(max_new_tokens=int(n), temperature=float(temp), top_p=float(p), top_k=int(k),
                        repetition_penalty=float(rep))
             out = list(history) + [{"role": "assistant", "content": ""}]
             for text in engine.reply(past, q, template=fam, system=sys_prompt, **gen):
@@ -188,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only_cpu", action="store_true")
     p.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES")
     p.add_argument("--load_in_8bit", action="store_true")
+    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (reproducible demos/tests)")
     args = p.parse_args(argv)
     try:
         if args.share:
@@ -195,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                               "URL. On a remote server use `ssh -L 7860:127.0.0.1:7860 user@server` instead")
         if args.template:
             get_family(args.template)
+        if args.seed is not None:
+            from .core import set_seed
+
+            set_seed(args.seed)
         if args.gpus is not None:
             import os
 

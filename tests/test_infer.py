@@ -75,6 +75,7 @@ def test_stop_strings_cut_answers(loaded):
     assert cut == out[:out.find(out[2:4])]
 
 
+@pytest.mark.slow
 def test_file_mode_cli_writes_predictions_and_config(tiny_model, tmp_path):
     base, loras = tiny_model
     data = tmp_path / "questions.txt"
@@ -98,6 +99,7 @@ def test_file_mode_cli_writes_predictions_and_config(tiny_model, tmp_path):
     assert results == expected
 
 
+@pytest.mark.slow
 def test_interactive_mode_through_stdin(tiny_model):
     base, loras = tiny_model
     proc = subprocess.run([sys.executable, "-m", "helpers.infer", "--base_model", str(base), "--lora_model",

@@ -11,10 +11,11 @@ CONV = [{"role": "user", "content": "你好，介绍一下北京"},
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_paths):
+def tok():
+    from helpers import tiny
     from helpers.tokenizer import load_tokenizer
 
-    return load_tokenizer(tiny_paths["tok_alpaca_hf"])
+    return load_tokenizer(tiny.merged_tokenizers()["alpaca_hf"])
 
 
 def test_build_prompt_templates_unchanged():
