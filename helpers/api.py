@@ -124,7 +124,8 @@ def chat_prompt(messages: list[ChatMessage], template: str = "alpaca") -> str:
 
     ``alpaca`` (Chinese-Alpaca): one user message gives exactly :func:`helpers.prompts.build_prompt`;
     ``alpaca2`` (Chinese-Alpaca-2): ``<s>`` + the Llama-2 chat format with the system prompt. Any family of
-    ``helpers.prompts.FAMILIES`` works. Bad conversations raise :class:`APIError` (400).
+    ``helpers.prompts.FAMILIES`` works; for a family without a system slot a system message is put in front
+    of the first user message (so it is not lost). Bad conversations raise :class:`APIError` (400).
     """
     if not messages:
         raise APIError(400, "messages: must contain at least one message", "messages")
@@ -140,8 +141,14 @@ def chat_prompt(messages: list[ChatMessage], template: str = "alpaca") -> str:
         msgs.append({"role": role, "content": text})
     if msgs[-1]["role"] != "user":
         raise APIError(400, "messages: the last message must come from the user", "messages")
+    fam = get_family(template)
+    if msgs[0]["role"] == "system" and not fam.has_system:
+        # a family without a system slot (Chinese-Alpaca): the system text opens the first user turn
+        system = msgs.pop(0)["content"]
+        if msgs and msgs[0]["role"] == "user" and system.strip():
+            msgs[0] = {"role": "user", "content": f"{system}\n\n{msgs[0]['content']}"}
     try:
-        return render(template, msgs)
+        return render(fam, msgs)
     except CourseError as e:
         raise APIError(400, f"messages: {e}", "messages") from None
 
@@ -675,14 +682,53 @@ class ServerProcess:
 
 def start_server(base_model: str | Path, lora_model: str | Path | None = None, port: int | None = None,
                  api_key: str | None = None, extra: list[str] | None = None, timeout: float = 180.0,
-                 env: dict | None = None) -> ServerProcess:
+                 env: dict | None = None, only_cpu: bool = True) -> ServerProcess:
     """Start ``python -m helpers.api`` on 127.0.0.1 (a free port unless given); returns when it answers."""
-    args = ["--base_model", str(base_model), "--only_cpu"]
+    args = ["--base_model", str(base_model)] + (["--only_cpu"] if only_cpu else [])
     if lora_model:
         args += ["--lora_model", str(lora_model)]
     if api_key:
         args += ["--api_key", api_key]
     return ServerProcess(args + list(extra or []), port or free_port(), timeout, env)
+
+
+# The three test commands of seed 002 (第9步), verbatim.
+SEED_CURLS = {
+    "completions": """curl http://localhost:19327/v1/completions \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "prompt": "告诉我中国的首都在哪里"
+  }'""",
+    "chat": """curl http://localhost:19327/v1/chat/completions \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "messages": [
+      {"role": "user","message": "给我讲一些有关杭州的故事吧"}
+    ],
+    "repetition_penalty": 1.0
+  }'""",
+    "embeddings": """curl http://localhost:19327/v1/embeddings \\
+  -H "Content-Type: application/json" \\
+  -d '{
+    "input": "今天天气真不错"
+  }'""",
+}
+
+
+def run_curl(command: str, base_url: str | None = None, timeout: float = 300.0) -> tuple[int, dict]:
+    """Run a ``curl ...`` command line (e.g. from :data:`SEED_CURLS`) with the real ``curl`` binary.
+
+    ``base_url`` replaces ``http://localhost:19327`` (the seed's address). Returns ``(HTTP status, JSON body)``.
+    """
+    import shlex
+    import subprocess
+
+    if base_url:
+        command = command.replace("http://localhost:19327", base_url.rstrip("/"))
+    argv = shlex.split(command.replace("\\\n", " "))
+    out = subprocess.run(argv + ["-s", "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=timeout)
+    body, _, status = out.stdout.rpartition("\n")
+    return int(status or 0), json.loads(body) if body.strip() else {}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,34 +1,10 @@
 """helpers.api: the OpenAI-compatible server. Error handling in process (TestClient); everything else against
 the REAL server (uvicorn subprocess on 127.0.0.1) with the official openai client, LangChain, curl, 16 streams."""
 import json
-import shlex
-import subprocess
 import threading
 import time
 
 import pytest
-
-
-SEED_CURLS = {  # seed 002 第9步, verbatim (only the port is replaced by the test server's)
-    "completions": """curl http://localhost:19327/v1/completions \\
-  -H "Content-Type: application/json" \\
-  -d '{
-    "prompt": "告诉我中国的首都在哪里"
-  }'""",
-    "chat": """curl http://localhost:19327/v1/chat/completions \\
-  -H "Content-Type: application/json" \\
-  -d '{
-    "messages": [
-      {"role": "user","message": "给我讲一些有关杭州的故事吧"}
-    ],
-    "repetition_penalty": 1.0
-  }'""",
-    "embeddings": """curl http://localhost:19327/v1/embeddings \\
-  -H "Content-Type: application/json" \\
-  -d '{
-    "input": "今天天气真不错"
-  }'""",
-}
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +63,7 @@ def test_chat_prompt_matches_templates():
     multi = [ChatMessage(role="system", content="你是导游。"), ChatMessage(role="user", content="杭州?"),
              ChatMessage(role="assistant", content="西湖。"), ChatMessage(role="user", content="还有呢?")]
     text = chat_prompt(multi)
-    assert text.startswith(build_prompt("杭州?")) and text.endswith("### Instruction:\n还有呢?\n\n### Response: ")
+    assert text.startswith(build_prompt("你是导游。\n\n杭州?")) and text.endswith("### Instruction:\n还有呢?\n\n### Response: ")
     assert "西湖。" in text
     two = chat_prompt(multi, "alpaca2")
     assert two.count("[INST]") == 2 and "<<SYS>>\n你是导游。\n<</SYS>>" in two and two.endswith("还有呢? [/INST]")
@@ -215,14 +191,13 @@ def test_langchain_chat_openai(server):
     assert streamed == msg.content
 
 
-@pytest.mark.parametrize("name", sorted(SEED_CURLS))
+@pytest.mark.parametrize("name", ["completions", "chat", "embeddings"])
 def test_seed_curl_commands(server, name):
-    port = server.rsplit(":", 1)[1]
-    cmd = SEED_CURLS[name].replace("localhost:19327", f"localhost:{port}").replace("\\\n", " ")
-    out = subprocess.run(shlex.split(cmd) + ["-s", "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=120)
-    body, status = out.stdout.rsplit("\n", 1)
-    assert status == "200", out.stdout
-    data = json.loads(body)
+    from helpers.api import SEED_CURLS, run_curl
+
+    assert "localhost:19327" in SEED_CURLS[name]  # verbatim from the seed; only the address is replaced
+    status, data = run_curl(SEED_CURLS[name], server)
+    assert status == 200, data
     if name == "embeddings":
         assert len(data["data"]) == 1 and len(data["data"][0]["embedding"]) == 64
     else:
