@@ -301,3 +301,22 @@ def test_parse_size():
     assert merge.parse_size("500MB") == 5 * 10**8 and merge.parse_size(123) == 123
     with pytest.raises(MergeError, match="--max_shard_size"):
         merge.parse_size("two gigs")
+
+
+def test_library_signatures_used_by_merge():
+    """Drift guard: the PEFT/transformers arguments this step (and its notebook) relies on still exist."""
+    import inspect
+
+    from peft import LoraConfig, PeftModel
+    from peft.tuners.lora import LoraModel
+    from transformers import PreTrainedModel
+
+    fields = LoraConfig.__dataclass_fields__
+    for name in ("r", "lora_alpha", "use_rslora", "rank_pattern", "alpha_pattern", "fan_in_fan_out",
+                 "modules_to_save", "use_dora", "lora_bias"):
+        assert name in fields, name
+    assert {"combination_type"} <= set(inspect.signature(LoraModel.add_weighted_adapter).parameters)
+    assert {"adapter_name"} <= set(inspect.signature(PeftModel.load_adapter).parameters)
+    assert {"adapter_name"} <= set(inspect.signature(PeftModel.from_pretrained).parameters)
+    assert {"mean_resizing"} <= set(inspect.signature(PreTrainedModel.resize_token_embeddings).parameters)
+    assert {"max_shard_size"} <= set(inspect.signature(PreTrainedModel.save_pretrained).parameters)
