@@ -355,16 +355,22 @@ def gguf_summary(path: str | Path) -> dict:
 
 
 # --------------------------------------------------------------------------- llama.cpp (llama-cpp-python)
-def llama_cpp_model(gguf_path: str | Path, n_ctx: int = 512, vocab_only: bool = False, n_threads: int | None = None):
-    """A ``llama_cpp.Llama`` on ``gguf_path`` with every position's logits kept (``logits_all``), quiet."""
+def llama_cpp_model(gguf_path: str | Path, n_ctx: int = 512, vocab_only: bool = False, n_threads: int | None = None,
+                    kv_f32: bool = True):
+    """A ``llama_cpp.Llama`` on ``gguf_path`` with every position's logits kept (``logits_all``), quiet.
+
+    ``kv_f32``: keep the KV cache in f32 (llama.cpp's default f16 cache alone moves logits by ~1e-3, which
+    would hide layout mistakes in a parity check; deployments keep the f16 default).
+    """
     try:
         from llama_cpp import Llama
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ExportError("llama-cpp-python is not installed: pip install llama-cpp-python==0.3.36 "
                           "(it compiles llama.cpp, ~4 min on 2 cores)") from e
     threads = n_threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
+    kv = dict(type_k=0, type_v=0) if kv_f32 else {}  # 0 = GGML_TYPE_F32
     return Llama(model_path=str(gguf_path), n_ctx=n_ctx, logits_all=True, vocab_only=vocab_only, n_threads=threads,
-                 n_threads_batch=threads, verbose=False, seed=0)
+                 n_threads_batch=threads, verbose=False, seed=0, **kv)
 
 
 def llama_cpp_tokenize(llm, text: str, add_bos: bool = True, special: bool = False) -> list[int]:
@@ -691,7 +697,7 @@ def _flm_quant(a: np.ndarray, dtype: str) -> bytes:
     if dtype == "float16":
         return struct.pack("<i", 7) + a.astype("<f2").tobytes()
     if dtype == "int8":  # per row: symmetric range (-max|w|, max|w|), codes 1..255 around 128
-        c_max = np.clip(np.abs(a).max(axis=-1, keepdims=True), 0.1, 1e100)
+        c_max = np.maximum(np.abs(a).max(axis=-1, keepdims=True), 0.1)
         q = np.clip(a / (c_max / 127.0) + 128.5, 1, 255).astype(np.uint8)
         mm = np.concatenate([-c_max, c_max], axis=1).astype("<f4")
         return struct.pack("<ii", 3, 0) + mm.tobytes() + q.tobytes()
@@ -950,6 +956,64 @@ def artifact_sizes(paths: dict[str, str | Path]):
         files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")]
         rows.append({"artifact": name, "files": len(files), "MiB": round(sum(f.stat().st_size for f in files) / 2**20, 3)})
     return pd.DataFrame(rows)
+
+
+# Chinese-LLaMA-2 / Chinese-Alpaca-2 shapes (config.json of the hfl releases) for size estimates.
+REAL_CONFIGS = {
+    "chinese-alpaca-2-1.3b": dict(vocab_size=55296, hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,
+                                  num_attention_heads=32, num_key_value_heads=32),
+    "chinese-alpaca-2-7b": dict(vocab_size=55296, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                                num_attention_heads=32, num_key_value_heads=32),
+    "chinese-alpaca-2-13b": dict(vocab_size=55296, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
+                                 num_attention_heads=40, num_key_value_heads=40),
+}
+SIZE_FORMATS = ("hf fp16", "gguf f32", "gguf f16", "gguf q8_0", "flm float16", "flm int8", "flm int4")
+
+
+def _shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
+    v, h, f = int(cfg["vocab_size"]), int(cfg["hidden_size"]), int(cfg["intermediate_size"])
+    kv = h // int(cfg["num_attention_heads"]) * _n_kv_heads(cfg)
+    out = [("embed", (v, h)), ("norm", (h,))] + ([] if cfg.get("tie_word_embeddings") else [("lm_head", (v, h))])
+    for _ in range(int(cfg["num_hidden_layers"])):
+        out += [("q", (h, h)), ("k", (kv, h)), ("v", (kv, h)), ("o", (h, h)), ("gate", (f, h)), ("up", (f, h)),
+                ("down", (h, f)), ("norm", (h,)), ("norm", (h,))]
+    return out
+
+
+def tensor_bytes(cfg: dict, fmt: str) -> int:
+    """Bytes of the weights of a LLaMA with config ``cfg`` stored as ``fmt`` (one of ``SIZE_FORMATS``), from the
+    storage rules above (norms f32; q8_0 = 34 bytes per 32 values, f16 where rows are not a multiple of 32;
+    fastllm keeps embeddings in f32 and adds a (min, max) float pair per row of a quantized matrix).
+    Headers (vocabulary, metadata) are not included."""
+    total = 0
+    for kind, shape in _shapes(cfg):
+        n = int(np.prod(shape))
+        if fmt == "hf fp16":
+            total += 2 * n
+        elif len(shape) == 1 or fmt in ("gguf f32", "flm float32"):
+            total += 4 * n
+        elif fmt == "gguf f16":
+            total += 2 * n
+        elif fmt == "gguf q8_0":
+            total += n * 34 // 32 if shape[-1] % 32 == 0 else 2 * n
+        elif kind == "embed":  # fastllm: embeddings stay float32
+            total += 4 * n
+        elif fmt == "flm float16":
+            total += 2 * n
+        elif fmt in ("flm int8", "flm int4"):
+            total += (n if fmt == "flm int8" else n // 2) + 8 * shape[0]
+        else:
+            raise ExportError(f"format {fmt!r}: choose one of {SIZE_FORMATS}")
+    return total
+
+
+def size_table(configs: dict[str, dict] | None = None):
+    """A DataFrame (GiB) of :func:`tensor_bytes` for every format and config (default :data:`REAL_CONFIGS`)."""
+    import pandas as pd
+
+    configs = configs or REAL_CONFIGS
+    return pd.DataFrame({name: {fmt: round(tensor_bytes(cfg, fmt) / 2**30, 2) for fmt in SIZE_FORMATS}
+                         for name, cfg in configs.items()})
 
 
 # --------------------------------------------------------------------------- tiny inputs
