@@ -165,12 +165,14 @@ class Result:
 
 @dataclass
 class Stats:
+    """Counters shown by ``GET /health``: HTTP generation requests, finished/cancelled generations (one per
+    choice), errors, and the token count of the last generation."""
+
     requests: int = 0
     completed: int = 0
     cancelled: int = 0
     errors: int = 0
     last_tokens: int = 0
-    queued: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, **kw):
@@ -179,7 +181,7 @@ class Stats:
                 setattr(self, k, getattr(self, k) + v if k != "last_tokens" else v)
 
     def as_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("requests", "completed", "cancelled", "errors", "last_tokens", "queued")}
+        return {k: getattr(self, k) for k in ("requests", "completed", "cancelled", "errors", "last_tokens")}
 
 
 def _held_back(text: str, stops: list[str]) -> int:
