@@ -255,3 +255,24 @@ def test_disconnect_stops_generation(server):
     assert after["last_tokens"] < 900
     # the server is still fine afterwards
     assert httpx.post(f"{server}/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4}).status_code == 200
+
+
+def test_stream_format_and_usage_chunk(client):
+    body = {"messages": _messages(), "max_tokens": 6, "temperature": 0, "stream": True,
+            "stream_options": {"include_usage": True}}
+    with client.stream("POST", "/v1/chat/completions", json=body) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-2]["choices"][0]["finish_reason"] == "length"
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_cli_bad_model_path_exits_2(capsys):
+    from helpers.api import main
+
+    assert main(["--base_model", "/nonexistent/model", "--only_cpu"]) == 2
+    assert "--base_model" in capsys.readouterr().err
