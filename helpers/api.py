@@ -267,7 +267,8 @@ class Engine:
                 safe = len(text) if state["stopped"] else len(text) - _held_back(text, stop)
                 if text.endswith("\ufffd") and not state["stopped"]:
                     safe = min(safe, len(text) - 1)  # half of a multi-byte character
-                if safe > state["sent"] and (not state["sent"] or state["stopped"] or now - state["flushed"] >= flush_interval):
+                due = not state["sent"] or state["stopped"] or now - state["flushed"] >= flush_interval
+                if safe > state["sent"] and due:
                     on_text(text[state["sent"]:safe])
                     state["sent"], state["flushed"] = safe, now
 
@@ -276,7 +277,8 @@ class Engine:
 
         class Cancelled(StoppingCriteria):
             def __call__(self, input_ids, scores, **kwargs):
-                return torch.full((input_ids.shape[0],), cancel.is_set() or halt.is_set(), dtype=torch.bool, device=input_ids.device)
+                done = cancel.is_set() or halt.is_set()
+                return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
         # without stop strings or streaming, plain generate() is all we need (no per-token Python work)
         hooks = dict(streamer=Collector(), stopping_criteria=StoppingCriteriaList([Cancelled()])) \
@@ -296,11 +298,9 @@ class Engine:
                     new = new[:next(i for i, t in enumerate(new) if t in eos_ids) + 1]
                 state["ids"] = new
                 state["eos"] = any(t in eos_ids for t in new)
-        text = state["text"] if (stop or on_text) else text_of(state["ids"])
-        if not state["stopped"]:
-            text = text_of(state["ids"])
-            if on_text is not None and len(text) > state["sent"]:
-                on_text(text[state["sent"]:])
+        text = state["text"] if state["stopped"] else text_of(state["ids"])
+        if not state["stopped"] and on_text is not None and len(text) > state["sent"]:
+            on_text(text[state["sent"]:])  # whatever was held back or not flushed yet
         if state["stopped"] or state["eos"]:
             reason = "stop"
         elif len(state["ids"]) >= max_tokens:
