@@ -135,6 +135,17 @@ def test_llama_cpp_matches_transformers_f32(ggufs, merged, hf):
     assert rep["greedy_equal"] and all(len(h) == 10 for h, _ in rep["greedy"])
 
 
+def test_llama_cpp_gqa_model(tmp_path):
+    """Grouped-query attention (LLaMA-2-70B style, 2 kv heads): k is permuted with the kv head count."""
+    from helpers import tiny
+
+    src = tiny.hf_model(gqa=True)
+    out = E.export_gguf(src, tmp_path / "gqa.gguf", "f32", family=None, progress=False)
+    assert E.gguf_summary(out)["metadata"]["llama.attention.head_count_kv"] == 2
+    rep = E.compare_with_llama_cpp(src, out, TEXTS[:2], max_new_tokens=6)
+    assert rep["max_abs_logit_diff"] < 1e-3 and rep["greedy_equal"]
+
+
 @pytest.mark.slow
 def test_llama_cpp_f16_q8_close(ggufs, hf, tok):
     ids = tok(TEXTS[1])["input_ids"]
