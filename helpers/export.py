@@ -96,7 +96,12 @@ class _Weights:
             else:
                 import torch
 
-                self._open[f] = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                try:
+                    self._open[f] = torch.load(f, map_location="cpu", weights_only=True, mmap=True)
+                except RuntimeError as e:  # legacy (non-zip) .bin files cannot be memory-mapped
+                    if "mmap" not in str(e):
+                        raise
+                    self._open[f] = torch.load(f, map_location="cpu", weights_only=True)
         return self._open[f]
 
     def keys(self) -> list[str]:
@@ -860,8 +865,7 @@ from ftllm import llm
 llm.set_cpu_threads(req["threads"])
 m = llm.model(req["flm"])
 lib = llm.fastllm_lib
-out = {"config": {k: str(v) for k, v in (getattr(m, "config", None) or {}).items()} if isinstance(getattr(m, "config", None), dict) else {}}
-out["encode"] = [m.encode(t) for t in req.get("encode", [])]
+out = {"encode": [m.encode(t) for t in req.get("encode", [])]}
 if req.get("chat"):
     q, hist = req["chat"]["query"], [tuple(h) for h in req["chat"]["history"]]
     out["prompt"] = m.get_prompt(q, hist)
