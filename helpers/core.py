@@ -116,6 +116,21 @@ def versions() -> dict[str, str]:
     return out
 
 
+def quiet_libraries() -> None:
+    """Tiny models load in milliseconds: hide the libraries' per-load progress bars and a known
+    deprecation notice that transformers raises from inside PEFT (the real profile keeps them)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*pin_memory.*no accelerator.*")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
 @dataclass
 class Course:
     """What :func:`setup` found: pass it around instead of globals."""
@@ -148,6 +163,8 @@ def setup(profile: str | None = None, seed: int = 42, quiet: bool = False, insta
     if where == "colab" and install_on_colab and prof == "real":  # pragma: no cover - Colab only
         print("Colab detected; install step:", COLAB_INSTALL)
     set_seed(seed)
+    if prof == "tiny":
+        quiet_libraries()
     course = Course(profile=prof, workspace=workspace(), device=pick_device(), platform=where, seed=seed,
                     versions=versions())
     if not quiet:

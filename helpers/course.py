@@ -71,8 +71,12 @@ def strip(path: Path) -> bool:
 
 def run(paths: list[Path], profile: str = "tiny", out_dir: Path | None = None, timeout: int = 900) -> list[dict]:
     """Execute notebooks headless with papermill (``PROFILE`` injected); returns per-notebook timings."""
+    import logging
+
     import papermill as pm
 
+    # papermill logs "Unable to parse line" for parameters with trailing comments; the values are still injected
+    logging.getLogger("papermill.translators").setLevel(logging.ERROR)
     out_dir = Path(out_dir or REPO_ROOT / "build" / "executed")
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []

@@ -221,7 +221,7 @@ def meta_checkpoint(num_shards: int = 1, gqa: bool = False) -> Path:
 
 
 def _save_adapter(peft_model, tokenizer_dir: Path, out: Path, base_name: str) -> None:
-    peft_model.save_pretrained(out, safe_serialization=True)
+    peft_model.save_pretrained(out, safe_serialization=True, save_embedding_layers=True)
     cfg_path = out / "adapter_config.json"
     cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     # Keep files byte-identical wherever they are built: no absolute workspace paths, and PEFT's
