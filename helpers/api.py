@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .core import CourseError
 from .generation import generation_kwargs
+from .modeling import add_model_arguments, apply_model_arguments
 from .prompts import get_family, render
 
 DEFAULT_PORT = 19327
@@ -735,12 +736,7 @@ def run_curl(command: str, base_url: str | None = None, timeout: float = 300.0) 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.api", description="OpenAI-compatible API server (seed 002 第9步)")
-    p.add_argument("--base_model", required=True, help="HF model folder (merged model, or the base with --lora_model)")
-    p.add_argument("--lora_model", default=None, help="PEFT LoRA folder applied on top of --base_model")
-    p.add_argument("--tokenizer_path", default=None, help="tokenizer folder or tokenizer.model (default: lora or base)")
-    p.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES, e.g. 0 or 0,1")
-    p.add_argument("--only_cpu", action="store_true", help="run on CPU even when a GPU is present")
-    p.add_argument("--load_in_8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
+    add_model_arguments(p)
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes the server: set --api_key)")
     p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1 requests")
@@ -756,12 +752,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .modeling import load_model
 
+        options = apply_model_arguments(args)
         tok_path = args.tokenizer_path
         if tok_path and Path(tok_path).is_file() and Path(tok_path).name == "tokenizer.model":
             tok_path = str(Path(tok_path).parent) if (Path(tok_path).parent / "tokenizer_config.json").is_file() else tok_path
-        model, tokenizer = load_model(args.base_model, args.lora_model, tok_path,
-                                      device="cpu" if args.only_cpu else None, load_in_8bit=args.load_in_8bit,
-                                      gpus=args.gpus)
+        model, tokenizer = load_model(args.base_model, args.lora_model, tok_path, **options)
         name = args.model_name or Path(str(args.lora_model or args.base_model)).name or "chinese-alpaca"
         app = create_app(model, tokenizer, model_name=name, api_key=args.api_key, template=args.template)
     except (CourseError, ValueError, OSError) as e:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .core import CourseError
 from .generation import GENERATION_DEFAULTS, generate, generation_kwargs, stream
 from .io import atomic_write_text
+from .modeling import add_model_arguments, apply_model_arguments
 from .prompts import build_prompt, get_family, render, stop_strings
 
 SAMPLE_DATA = ["为什么要减少污染，保护环境？"]  # the original script's sample when no --data_file is given
@@ -93,23 +94,17 @@ def interactive(model, tokenizer, with_prompt: bool, template: str = "alpaca", s
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.infer", description=__doc__.split("\n\n")[0])
-    p.add_argument("--base_model", required=True, help="HF-format model folder (or merged model)")
-    p.add_argument("--lora_model", default=None, help="LoRA folder; none: the base model alone")
-    p.add_argument("--tokenizer_path", default=None, help="default: --lora_model, else --base_model")
+    add_model_arguments(p, lora_help="LoRA folder; none: the base model alone")
     p.add_argument("--data_file", default=None, help="instructions, one per line")
     p.add_argument("--with_prompt", action="store_true", help="wrap the input with the prompt template")
     p.add_argument("--interactive", action="store_true", help="single-turn question loop; empty line exits")
     p.add_argument("--predictions_file", default="./predictions.json")
-    p.add_argument("--gpus", default="0", help="CUDA_VISIBLE_DEVICES")
-    p.add_argument("--only_cpu", action="store_true", help="only use CPU for inference")
-    p.add_argument("--load_in_8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
     p.add_argument("--template", default="alpaca", help="prompt family for --with_prompt (helpers.prompts)")
     p.add_argument("--batch_size", type=int, default=8, help="file mode: prompts per batch (left padding)")
     for name, typ in (("max_new_tokens", int), ("temperature", float), ("top_k", int), ("top_p", float),
                       ("repetition_penalty", float)):
         p.add_argument(f"--{name}", type=typ, default=None,
                        help=f"default {GENERATION_DEFAULTS[name]}" + ("; 0 = greedy" if name == "temperature" else ""))
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling")
     return p
 
 
@@ -119,18 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         get_family(args.template)
         if args.batch_size < 1:
             raise CourseError("--batch_size must be >= 1")
-        if args.load_in_8bit and args.only_cpu:
-            raise CourseError("--load_in_8bit needs a CUDA GPU (bitsandbytes); drop it together with --only_cpu")
+        options = apply_model_arguments(args)
         instructions = read_instructions(args.data_file) if args.data_file and not args.interactive else None
         from .modeling import load_model
 
-        device = "cpu" if args.only_cpu else None
-        if args.seed is not None:
-            from .core import set_seed
-
-            set_seed(args.seed)
-        model, tokenizer = load_model(args.base_model, args.lora_model, args.tokenizer_path, device=device,
-                                      load_in_8bit=args.load_in_8bit, gpus=None if args.only_cpu else args.gpus)
+        model, tokenizer = load_model(args.base_model, args.lora_model, args.tokenizer_path, **options)
     except CourseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

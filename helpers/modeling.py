@@ -65,3 +65,29 @@ def load_model(base_model: str | Path, lora_model: str | Path | None = None, tok
         tokenizer.pad_token = tokenizer.unk_token  # LLaMA has no pad token; unk is never predicted
     tokenizer.padding_side = "left"
     return model, tokenizer
+
+
+def add_model_arguments(parser, lora_help: str = "PEFT LoRA folder applied on top of --base_model") -> None:
+    """The model flags every serving CLI shares, named as in the original inference_hf.py / openai_api_server.py."""
+    parser.add_argument("--base_model", required=True, help="HF model folder (a merged model, or the base with --lora_model)")
+    parser.add_argument("--lora_model", default=None, help=lora_help)
+    parser.add_argument("--tokenizer_path", default=None, help="tokenizer folder or tokenizer.model (default: LoRA, else base)")
+    parser.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES, e.g. 0 or 0,1")
+    parser.add_argument("--only_cpu", action="store_true", help="run on CPU even when a GPU is present")
+    parser.add_argument("--load_in_8bit", action="store_true", help="8-bit weights (CUDA + bitsandbytes)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed for sampling (reproducible runs)")
+
+
+def apply_model_arguments(args) -> dict:
+    """Validate the shared flags, apply ``--gpus``/``--seed``; returns ``device``/``load_in_8bit`` for load_model."""
+    import os
+
+    from .core import set_seed
+
+    if args.load_in_8bit and args.only_cpu:
+        raise CourseError("--load_in_8bit needs a CUDA GPU (bitsandbytes); drop it together with --only_cpu")
+    if args.gpus is not None and not args.only_cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
+    if args.seed is not None:
+        set_seed(args.seed)
+    return {"device": "cpu" if args.only_cpu else None, "load_in_8bit": args.load_in_8bit}

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .core import CourseError
 from .generation import GENERATION_DEFAULTS, cut_at_stop, stream
+from .modeling import add_model_arguments, apply_model_arguments
 from .prompts import ChatFamily, family_names, get_family, history_to_messages, render, stop_strings
 
 NO_LORA = "(base model, no LoRA)"
@@ -178,17 +179,11 @@ def parse_adapters(value: str | None) -> dict[str, str | None]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m helpers.webui", description="Gradio chat UI for a course model")
-    p.add_argument("--base_model", required=True)
-    p.add_argument("--lora_model", default=None, help="one or more LoRA folders, comma-separated (switchable)")
-    p.add_argument("--tokenizer_path", default=None)
+    add_model_arguments(p, lora_help="one or more LoRA folders, comma-separated (switchable)")
     p.add_argument("--template", default=None, help=f"chat family, one of {family_names()}; default: guessed")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 = local only; reach a remote one with ssh -L")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="refused: use ssh port forwarding instead")
-    p.add_argument("--only_cpu", action="store_true")
-    p.add_argument("--gpus", default=None, help="CUDA_VISIBLE_DEVICES")
-    p.add_argument("--load_in_8bit", action="store_true")
-    p.add_argument("--seed", type=int, default=None, help="random seed for sampling (reproducible demos/tests)")
     args = p.parse_args(argv)
     try:
         if args.share:
@@ -196,16 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                               "URL. On a remote server use `ssh -L 7860:127.0.0.1:7860 user@server` instead")
         if args.template:
             get_family(args.template)
-        if args.seed is not None:
-            from .core import set_seed
-
-            set_seed(args.seed)
-        if args.gpus is not None:
-            import os
-
-            os.environ["CUDA_VISIBLE_DEVICES"] = args.gpus
         engine = ChatEngine(args.base_model, parse_adapters(args.lora_model), args.tokenizer_path, args.template,
-                            device="cpu" if args.only_cpu else None, load_in_8bit=args.load_in_8bit)
+                            **apply_model_arguments(args))
     except CourseError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
