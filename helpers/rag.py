@@ -390,23 +390,46 @@ def build_qa(file_path: str | Path, llm, embeddings=None, chain_type: str = "ref
 
 
 # --------------------------------------------------------------------------- CLI
+def add_llm_arguments(p: argparse.ArgumentParser, chain_types: list[str]) -> None:
+    """Flags shared by ``helpers.rag`` and ``helpers.summarize`` (langchain_qa.py / langchain_sum.py)."""
+    p.add_argument("--model_path", default=None, help="merged Chinese-Alpaca model folder")
+    p.add_argument("--tokenizer_path", default=None,
+                   help="tokenizer folder (default: the one in --model_path; with --openai_api_base: for token counting)")
+    p.add_argument("--openai_api_base", default=None,
+                   help="instead of --model_path: an OpenAI-compatible server, e.g. http://127.0.0.1:19327/v1")
+    p.add_argument("--chain_type", default="refine", choices=chain_types)
+    p.add_argument("--gpus", default="0", help="GPU ids, e.g. 0 or 0,1,2 (sets CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
+    p.add_argument("--chunk_overlap", type=int, default=CHUNK_OVERLAP)
+    p.add_argument("--max_new_tokens", type=int, default=400)
+
+
+def llm_from_args(args):
+    """``(llm, template, tokenizer)`` from ``--model_path`` (local pipeline, Alpaca template) or
+    ``--openai_api_base`` (ChatOpenAI; the server applies the template, so prompts are ``raw``)."""
+    if bool(args.model_path) == bool(args.openai_api_base):
+        raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
+    if args.model_path:
+        llm, _, tokenizer = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
+                                           tokenizer_path=args.tokenizer_path)
+        return llm, "alpaca", tokenizer
+    tokenizer = None
+    if args.tokenizer_path:
+        from .tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer_path)
+    return api_llm(args.openai_api_base, max_tokens=args.max_new_tokens, tokenizer=tokenizer), "raw", tokenizer
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.rag", description=__doc__.split("\n\n")[0])
     p.add_argument("--file_path", required=True, help="UTF-8 document to search and ask about")
     p.add_argument("--embedding_path", default=None,
                    help="embedding model folder or hub name (default: packaged all-MiniLM-L6-v2; "
                         "Chinese: BAAI/bge-small-zh-v1.5, GanymedeNil/text2vec-large-chinese)")
-    p.add_argument("--model_path", default=None, help="merged Chinese-Alpaca model folder")
-    p.add_argument("--tokenizer_path", default=None, help="tokenizer folder (default: the one in --model_path)")
-    p.add_argument("--openai_api_base", default=None,
-                   help="instead of --model_path: an OpenAI-compatible server, e.g. http://127.0.0.1:19327/v1")
-    p.add_argument("--chain_type", default="refine", choices=["stuff", "refine"])
-    p.add_argument("--gpus", default="0", help="GPU ids, e.g. 0 or 0,1,2 (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
-    p.add_argument("--chunk_overlap", type=int, default=CHUNK_OVERLAP)
+    add_llm_arguments(p, ["stuff", "refine"])
     p.add_argument("--k", type=int, default=1, help="passages retrieved per question")
     p.add_argument("--index_dir", default=None, help="save the FAISS index here / reuse it when present")
-    p.add_argument("--max_new_tokens", type=int, default=400)
     p.add_argument("--question", action="append", default=None,
                    help="ask this (repeatable); without it, questions are read from stdin until an empty line")
     return p
@@ -415,14 +438,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        if bool(args.model_path) == bool(args.openai_api_base):
-            raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
-        if args.model_path:
-            llm, _, _ = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
-                                       tokenizer_path=args.tokenizer_path)
-            template = "alpaca"
-        else:
-            llm, template = api_llm(args.openai_api_base, max_tokens=args.max_new_tokens), "raw"
+        llm, template, _ = llm_from_args(args)
         qa = build_qa(args.file_path, llm, chain_type=args.chain_type, k=args.k, chunk_size=args.chunk_size,
                       chunk_overlap=args.chunk_overlap, index_dir=args.index_dir, template=template,
                       embedding_path=args.embedding_path)

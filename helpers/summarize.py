@@ -81,42 +81,22 @@ def summarize(chain, docs: list, callbacks: list | None = None) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+    from .rag import add_llm_arguments
+
     p = argparse.ArgumentParser(prog="python -m helpers.summarize", description=__doc__.split("\n\n")[0])
     p.add_argument("--file_path", required=True, help="UTF-8 document to summarize")
-    p.add_argument("--model_path", default=None, help="merged Chinese-Alpaca model folder")
-    p.add_argument("--openai_api_base", default=None,
-                   help="instead of --model_path: an OpenAI-compatible server, e.g. http://127.0.0.1:19327/v1")
-    p.add_argument("--tokenizer_path", default=None,
-                   help="tokenizer folder (default: the one in --model_path; with --openai_api_base: "
-                        "for map_reduce token counting)")
-    p.add_argument("--chain_type", default="refine", choices=CHAIN_TYPES)
-    p.add_argument("--gpus", default="0", help="GPU ids, e.g. 0 or 0,1,2 (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
-    p.add_argument("--chunk_overlap", type=int, default=CHUNK_OVERLAP)
+    add_llm_arguments(p, CHAIN_TYPES)
     p.add_argument("--token_max", type=int, default=TOKEN_MAX, help="map_reduce: collapse summaries above this")
-    p.add_argument("--max_new_tokens", type=int, default=400)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .rag import api_llm, load_local_llm
+    from .rag import llm_from_args
 
     args = parser().parse_args(argv)
     try:
-        if bool(args.model_path) == bool(args.openai_api_base):
-            raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
         docs = split_text(load_document(args.file_path)[0].page_content, args.chunk_size, args.chunk_overlap)
-        tokenizer = None
-        if args.model_path:
-            llm, _, tokenizer = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
-                                              tokenizer_path=args.tokenizer_path)
-            template = "alpaca"
-        else:
-            if args.tokenizer_path:
-                from .tokenizer import load_tokenizer
-
-                tokenizer = load_tokenizer(args.tokenizer_path)
-            llm, template = api_llm(args.openai_api_base, max_tokens=args.max_new_tokens, tokenizer=tokenizer), "raw"
+        llm, template, tokenizer = llm_from_args(args)
         chain = build_summarize_chain(llm, args.chain_type, template, args.token_max, tokenizer)
         print(json.dumps({"file_path": str(Path(args.file_path)), "chain_type": args.chain_type,
                           "chunks": len(docs), "summary": summarize(chain, docs)}, ensure_ascii=False))

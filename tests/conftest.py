@@ -38,3 +38,20 @@ def data_lines():
                         if isinstance(v, str) and v.strip():
                             lines += v.splitlines()
     return [x for x in lines if x.strip()]
+
+
+@pytest.fixture(scope="session")
+def model_tok():
+    """The tiny model + Chinese-Alpaca tokenizer used by the LangChain steps (rag, summarize)."""
+    from helpers import rag
+
+    return rag.tiny_model()
+
+
+@pytest.fixture(scope="session")
+def llm(model_tok):
+    """The tiny model as a LangChain LLM (HuggingFacePipeline), greedy, 8 new tokens."""
+    from helpers import rag
+
+    model, tok = model_tok
+    return rag.local_llm(model, tok, max_new_tokens=8, temperature=0)

@@ -31,17 +31,6 @@ def store(chunks, embeddings):
     return rag.build_index(chunks, embeddings)
 
 
-@pytest.fixture(scope="session")
-def model_tok():
-    return rag.tiny_model()
-
-
-@pytest.fixture(scope="session")
-def llm(model_tok):
-    model, tok = model_tok
-    return rag.local_llm(model, tok, max_new_tokens=8, temperature=0)
-
-
 def test_prompts_are_the_original_alpaca_texts():
     stuff = rag.qa_prompts("stuff")["prompt"]
     assert stuff.template == ALPACA_TEMPLATE.format(instruction="{context}\n{question}")

@@ -15,17 +15,6 @@ DOC = DATA_DIR / "summarize" / "meeting_notes.txt"
 
 
 @pytest.fixture(scope="module")
-def model_tok():
-    return rag.tiny_model()
-
-
-@pytest.fixture(scope="module")
-def llm(model_tok):
-    model, tok = model_tok
-    return rag.local_llm(model, tok, max_new_tokens=8, temperature=0)
-
-
-@pytest.fixture(scope="module")
 def docs():
     return S.split_text(DOC.read_text(encoding="utf-8"), chunk_size=300, chunk_overlap=50)
 
