@@ -19,6 +19,11 @@ def pick_dtype(device: str):
     return torch.float32
 
 
+def _is_padding(rows: int, tokens: int) -> bool:
+    """Embeddings padded to a multiple of 64 for speed (e.g. 32064 rows for 32000 tokens) are fine."""
+    return rows % 64 == 0 and rows - tokens < 128
+
+
 def load_model(base_model: str | Path, lora_model: str | Path | None = None, tokenizer_path: str | Path | None = None,
                device: str | None = None, dtype=None, load_in_8bit: bool = False, gpus: str | None = None):
     """Returns ``(model, tokenizer)`` in eval mode. ``lora_model`` may be a PEFT adapter folder."""
@@ -48,12 +53,14 @@ def load_model(base_model: str | Path, lora_model: str | Path | None = None, tok
         kwargs["device_map"] = "auto"
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     vocab = model.get_input_embeddings().weight.shape[0]
-    if vocab != len(tokenizer):
-        if len(tokenizer) < vocab and lora_model is None:
-            raise CourseError(
-                f"tokenizer {tok_src} has {len(tokenizer)} tokens but the model {base_model} has {vocab}: "
-                "pass the tokenizer that was saved with this model (--tokenizer_path)")
+    if len(tokenizer) > vocab:
+        # a LoRA trained with a larger (extended) vocabulary: grow the embeddings before loading it
         model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    elif len(tokenizer) < vocab and not _is_padding(vocab, len(tokenizer)):
+        raise CourseError(
+            f"tokenizer {tok_src} has {len(tokenizer)} tokens but the model {base_model} has {vocab} rows: "
+            "this tokenizer belongs to another model (e.g. LLaMA's 32000 vs Chinese-LLaMA's 49953). "
+            "Pass the tokenizer saved with this model (--tokenizer_path)")
     if lora_model is not None:
         from peft import PeftModel
 
