@@ -78,11 +78,12 @@ def main(argv=None) -> int:
 
         server_plain()  # warm-up (first request pays lazy imports)
         in_process()
-        usage.clear(), counts.clear()
+        usage.clear()
+        counts.clear()
         tick = os.sysconf("SC_CLK_TCK")
 
         def server_cpu() -> float:  # user+system CPU seconds of the server process so far
-            fields = Path(f"/proc/{srv.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = Path(f"/proc/{srv.proc.pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / tick
 
         def measure(name, fn, server: bool):

@@ -488,7 +488,7 @@ def create_app(model, tokenizer, model_name: str = "chinese-alpaca", api_key: st
         engine.executor.submit(work)
         results: list[Result] = []
         try:
-            for i in range(req.n):
+            for i in range(len(jobs)):  # one opening chunk per choice (prompts × n)
                 yield f"data: {json.dumps(chunk(i, None, None, role=True), ensure_ascii=False)}\n\n"
             finished = False
             while not finished:
@@ -625,11 +625,13 @@ def free_port() -> int:
 class ServerProcess:
     """``python -m helpers.api ...`` running as a subprocess (notebooks, tests, benchmarks).
 
-    ``url`` is the base URL (``http://127.0.0.1:PORT``), ``v1`` the OpenAI ``base_url``; ``stop()`` ends it.
+    ``url`` is the base URL (``http://127.0.0.1:PORT``), ``v1`` the OpenAI ``base_url``; ``stop()`` ends it
+    (also called at interpreter exit, so a notebook kernel that shuts down does not leave it running).
     Usable as a context manager.
     """
 
     def __init__(self, args: list[str], port: int, timeout: float = 180.0, env: dict | None = None):
+        import atexit
         import os
         import subprocess
         import tempfile
@@ -639,31 +641,40 @@ class ServerProcess:
         from .core import REPO_ROOT
 
         self.port, self.url, self.v1 = port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="course-api-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="course-api-", suffix=".log",
+                                               delete=False)
+        self._final_output: str | None = None
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                     **(env or {})}
         self.proc = subprocess.Popen([sys.executable, "-m", "helpers.api", *args, "--port", str(port)],
                                      cwd=REPO_ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)
         deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the API server exited with code {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                self.stop()
-                raise RuntimeError(f"the API server did not answer within {timeout:.0f} s:\n{self.output()}")
-            time.sleep(0.3)
+        try:
+            while True:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"the API server exited with code {self.proc.returncode}:\n{self.output()}")
+                try:
+                    if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+                if time.time() > deadline:
+                    raise RuntimeError(f"the API server did not answer within {timeout:.0f} s:\n{self.output()}")
+                time.sleep(0.3)
+        except BaseException:
+            self.stop()
+            raise
 
     def output(self) -> str:
-        """What the server printed so far."""
+        """What the server printed so far (everything, once it is stopped)."""
+        if self._final_output is not None:
+            return self._final_output
         return Path(self.log.name).read_text(encoding="utf-8", errors="replace")
 
     def stop(self) -> int:
-        """Terminate the server (kill after 20 s); returns its exit code."""
+        """Terminate the server (kill after 20 s) and remove its log file; returns its exit code."""
+        import atexit
         import subprocess
 
         if self.proc.poll() is None:
@@ -673,7 +684,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.log.close()
+        if self._final_output is None:
+            self._final_output = self.output()
+            self.log.close()
+            Path(self.log.name).unlink(missing_ok=True)
+        atexit.unregister(self.stop)
         return self.proc.returncode
 
     def __enter__(self):
@@ -729,7 +744,7 @@ def run_curl(command: str, base_url: str | None = None, timeout: float = 300.0) 
     if base_url:
         command = command.replace("http://localhost:19327", base_url.rstrip("/"))
     argv = shlex.split(command.replace("\\\n", " "))
-    out = subprocess.run(argv + ["-s", "-w", "\n%{http_code}"], capture_output=True, text=True, timeout=timeout)
+    out = subprocess.run(argv + ["-s", "-w", "\n%{http_code}"], capture_output=True, encoding="utf-8", timeout=timeout)
     body, _, status = out.stdout.rpartition("\n")
     return int(status or 0), json.loads(body) if body.strip() else {}
 
@@ -754,8 +769,9 @@ def main(argv: list[str] | None = None) -> int:
 
         options = apply_model_arguments(args)
         tok_path = args.tokenizer_path
-        if tok_path and Path(tok_path).is_file() and Path(tok_path).name == "tokenizer.model":
-            tok_path = str(Path(tok_path).parent) if (Path(tok_path).parent / "tokenizer_config.json").is_file() else tok_path
+        if tok_path and Path(tok_path).name == "tokenizer.model" and Path(tok_path).is_file() \
+                and (Path(tok_path).parent / "tokenizer_config.json").is_file():
+            tok_path = str(Path(tok_path).parent)  # the seed passes tokenizer.model: prefer the saved HF tokenizer
         model, tokenizer = load_model(args.base_model, args.lora_model, tok_path, **options)
         name = args.model_name or Path(str(args.lora_model or args.base_model)).name or "chinese-alpaca"
         app = create_app(model, tokenizer, model_name=name, api_key=args.api_key, template=args.template)

@@ -3,6 +3,7 @@ the REAL server (uvicorn subprocess on 127.0.0.1) with the official openai clien
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,7 @@ def server(tiny_model):
     srv = start_server(tiny_model, extra=["--model_name", "tiny-alpaca"], env={"OMP_NUM_THREADS": "1"})
     yield srv.url
     assert srv.stop() in (0, -15)
+    assert srv.proc.poll() is not None and not Path(srv.log.name).exists()  # process ended, log file removed
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +205,11 @@ def test_seed_curl_commands(server, name):
     else:
         choice = data["choices"][0]
         assert choice["finish_reason"] in ("stop", "length") and data["usage"]["completion_tokens"] > 0
-        assert (choice.get("text") or choice["message"]["content"]) is not None
+        if name == "chat":  # the seed's "message" field was read as the content
+            assert data["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
+            assert isinstance(choice["message"]["content"], str)
+        else:
+            assert data["object"] == "text_completion" and isinstance(choice["text"], str)
 
 
 @pytest.mark.slow
@@ -269,6 +275,22 @@ def test_stream_format_and_usage_chunk(client):
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert chunks[-2]["choices"][0]["finish_reason"] == "length"
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 6
+
+
+def test_stream_several_prompts_and_n(client):
+    """Streaming completions with 2 prompts × n=2: every choice index opens, streams and finishes."""
+    body = {"prompt": ["a", "b"], "n": 2, "max_tokens": 4, "temperature": 0, "stream": True}
+    with client.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e)["choices"][0] for e in events[:-1]]
+    assert [c["index"] for c in chunks[:4]] == [0, 1, 2, 3]  # one opening chunk per choice
+    finished = {c["index"]: c["finish_reason"] for c in chunks if c["finish_reason"]}
+    assert finished == {0: "length", 1: "length", 2: "length", 3: "length"}
+    texts = ["".join(c["text"] for c in chunks if c["index"] == i) for i in range(4)]
+    plain = client.post("/v1/completions", json={**body, "stream": False}).json()["choices"]
+    assert texts == [c["text"] for c in plain]
 
 
 def test_cli_bad_model_path_exits_2(capsys):
