@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import DATA_DIR, CourseError
-from .io import write_json
+from .io import read_json, write_json
 
 TOPICS_FILE = DATA_DIR / "crawl_topics.json"
 ANSWERS_DIR = DATA_DIR / "crawl_answers"
@@ -50,12 +50,14 @@ class CrawlError(CourseError):
 # --------------------------------------------------------------------------- prompt
 def load_topics(path: str | Path | None = None) -> dict:
     """The topic/task-type lists and length limits (``data/crawl_topics.json`` by default)."""
-    from .io import read_json
-
     cfg = read_json(path or TOPICS_FILE)
+    if not isinstance(cfg, dict):
+        raise CrawlError(f"{path or TOPICS_FILE}: must be a JSON object with 'topics' and 'task_types' lists "
+                         "(see data/crawl_topics.json)")
     for key in ("topics", "task_types"):
-        if not isinstance(cfg.get(key), list) or len(cfg[key]) < 2:
-            raise CrawlError(f"{path or TOPICS_FILE}: field '{key}' must be a list of at least 2 strings")
+        value = cfg.get(key)
+        if not isinstance(value, list) or len(value) < 2 or not all(isinstance(x, str) and x for x in value):
+            raise CrawlError(f"{path or TOPICS_FILE}: field '{key}' must be a list of at least 2 non-empty strings")
     return cfg
 
 
@@ -333,22 +335,24 @@ def read_log(path: str | Path, repair: bool = False) -> list[dict]:
     if not path.exists():
         return []
     data = path.read_bytes()
-    rounds, good_end, pos = [], 0, 0
-    for line in data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"):
-        end = pos + len(line) + 1
+    lines = data.split(b"\n")  # the last item is what follows the final newline ("" when the file ends with one)
+    rounds, good_end, pos, add_newline = [], 0, 0, False
+    for n, line in enumerate(lines, 1):
+        end = pos + len(line) + 1  # just past this line's newline
+        last = n == len(lines)  # no newline after it
         if line.strip():
             try:
                 rounds.append(json.loads(line))
             except json.JSONDecodeError:
-                if end <= len(data):  # a broken line in the middle: the file was edited by hand
-                    raise CrawlError(f"{path}: line {len(rounds) + 1} is not JSON; fix or remove it") from None
+                if not last:  # a broken line in the middle: the file was edited by hand
+                    raise CrawlError(f"{path}: line {n} is not JSON; fix or remove it") from None
+                break  # a torn last line: the round in flight when the crawl stopped
+            if last:  # complete JSON but the newline was never written
+                add_newline = True
                 break
-        if end > len(data):  # complete JSON but the newline was never written
-            good_end = -1
-            break
-        good_end = end
-        pos = end
-    if repair and good_end == -1:
+        if not last:
+            good_end = pos = end
+    if repair and add_newline:
         with open(path, "ab") as f:
             f.write(b"\n")
     elif repair and good_end < len(data):
@@ -429,7 +433,8 @@ def ask(client, model: str, messages: list[dict], max_retries: int = 5, backoff:
         except (openai.APITimeoutError, openai.APIConnectionError, openai.APIStatusError) as e:
             status = getattr(e, "status_code", None)
             if status is not None and status not in RETRYABLE_STATUS:
-                raise CrawlError(f"the endpoint answered {status}: {getattr(e, 'message', e)}") from e
+                raise CrawlError(f"the endpoint answered {status}: {getattr(e, 'message', e)}; check --base_url and "
+                                 "--model (404: wrong address or model name) and --max_tokens/--temperature (400)") from e
             if attempt == max_retries:
                 raise CrawlError(f"gave up after {max_retries + 1} attempts: {type(e).__name__} {status or ''}; "
                                  "re-run the same command later to resume") from e
@@ -491,7 +496,7 @@ def crawl(output: str | Path, rounds: int, client, model: str, topics: str | Pat
         bar.set_postfix(accepted=totals["accepted"], rejected=totals["rejected"], dup=totals["duplicates"])
     bar.close()
     all_rounds = read_log(output)
-    return {"rounds": len(all_rounds), "new_rounds": rounds - len(done) if rounds > len(done) else 0,
+    return {"rounds": len(all_rounds), "new_rounds": max(0, rounds - len(done)),
             "records": len(records_of(all_rounds)), **dict(totals)}
 
 

@@ -152,6 +152,7 @@ class FakeOpenAI:
 
     def close(self):
         self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -193,6 +194,10 @@ def test_timeout_is_retried_and_4xx_fails_fast(fake, tmp_path):
     with pytest.raises(CrawlError, match="OPENAI_API_KEY"):
         crawl.ask(_client(bad.url), "m", [{"role": "user", "content": "x"}], sleep=lambda s: None)
     assert bad.hits == 1
+    gone = fake(script=[(404, {})])
+    with pytest.raises(CrawlError, match="404.*--base_url and --model"):
+        crawl.ask(_client(gone.url), "m", [{"role": "user", "content": "x"}], sleep=lambda s: None)
+    assert gone.hits == 1  # not retried
     down = fake(script=[(500, {})] * 3)
     with pytest.raises(CrawlError, match="gave up after 3 attempts"):
         crawl.ask(_client(down.url), "m", [{"role": "user", "content": "x"}], max_retries=2, sleep=lambda s: None)
@@ -246,6 +251,17 @@ def test_read_log_repairs_torn_and_unterminated_lines(tmp_path):
     with open(log, "a", encoding="utf-8") as f:
         f.write('{"round": 2, "rec')  # torn: dropped and cut away
     assert len(crawl.read_log(log, repair=True)) == 2 and log.read_text(encoding="utf-8").endswith("}\n")
-    log.write_text('{"round": 0}\nnot json\n{"round": 1}\n', encoding="utf-8")
-    with pytest.raises(CrawlError, match="line 2"):
+    log.write_text('{"round": 0}\n\nnot json\n{"round": 1}\n', encoding="utf-8")
+    with pytest.raises(CrawlError, match="line 3"):  # the file's own line number (blank lines count)
         crawl.read_log(log)
+    log.write_bytes(b"")  # created but nothing written yet: left untouched
+    assert crawl.read_log(log, repair=True) == [] and log.read_bytes() == b""
+
+
+def test_load_topics_errors_name_the_file(tmp_path):
+    bad = tmp_path / "topics.json"
+    for content in ('["a", "b"]', '{"topics": ["a", "b"], "task_types": ["x"]}',
+                    '{"topics": ["a", 3], "task_types": ["x", "y"]}'):
+        bad.write_text(content, encoding="utf-8")
+        with pytest.raises(CrawlError, match="topics.json"):
+            crawl.load_topics(bad)
