@@ -431,18 +431,23 @@ def compare_with_llama_cpp(hf_dir: str | Path, gguf_path: str | Path, texts: lis
 
     from .tokenizer import load_tokenizer
 
+    if not texts:
+        raise ExportError("compare_with_llama_cpp: pass at least one text to compare")
     tok = load_tokenizer(hf_dir)
     model = model or AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     llm = llama_cpp_model(gguf_path)
     mism, diffs, greedy = [], [], []
-    for text in texts:
-        ids = tok(text)["input_ids"]
-        ll_ids = llama_cpp_tokenize(llm, text)
-        if ll_ids != ids:
-            mism.append((text, ids, ll_ids))
-        diffs.append(float(np.abs(llama_cpp_logits(llm, ids) - hf_logits(model, ids)).max()))
-        greedy.append((hf_greedy(model, ids, max_new_tokens, tok.eos_token_id), llama_cpp_greedy(llm, ids, max_new_tokens)))
-    llm.close()
+    try:
+        for text in texts:
+            ids = tok(text)["input_ids"]
+            ll_ids = llama_cpp_tokenize(llm, text)
+            if ll_ids != ids:
+                mism.append((text, ids, ll_ids))
+            diffs.append(float(np.abs(llama_cpp_logits(llm, ids) - hf_logits(model, ids)).max()))
+            greedy.append((hf_greedy(model, ids, max_new_tokens, tok.eos_token_id),
+                           llama_cpp_greedy(llm, ids, max_new_tokens)))
+    finally:
+        llm.close()
     return {"token_mismatches": mism, "max_abs_logit_diff": max(diffs), "greedy_equal": all(a == b for a, b in greedy),
             "greedy": greedy}
 
@@ -908,8 +913,8 @@ def fastllm_run(flm_path: str | Path, ids: list[list[int]] = (), encode: list[st
                           "libfastllm_tools-cpu.so works without CUDA), or set FTLLM_PATH to an unpacked wheel")
     req = {"ftllm_path": path, "flm": str(flm_path), "ids": [list(map(int, x)) for x in ids], "encode": list(encode),
            "chat": chat, "max_new_tokens": max_new_tokens, "threads": int(os.environ.get("OMP_NUM_THREADS") or 1)}
-    proc = subprocess.run([sys.executable, "-c", _FASTLLM_DRIVER, json.dumps(req)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    proc = subprocess.run([sys.executable, "-c", _FASTLLM_DRIVER, json.dumps(req)], capture_output=True, encoding="utf-8",
+                          errors="replace", timeout=timeout, env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     if "@@JSON@@" not in proc.stdout:
         raise ExportError(f"fastllm could not run {flm_path} (exit {proc.returncode}):\n"
                           f"{(proc.stdout + proc.stderr)[-2000:]}")
@@ -1044,7 +1049,7 @@ def tiny_merged_model(kind: str = "alpaca") -> Path:
     with FileLock(str(root / f".{kind}.lock")):
         if not (out.is_dir() and stamp.is_file() and stamp.read_text(encoding="utf-8") == key):
             merge_lora_into(base, chain, out, output_type="huggingface", overwrite=True, progress=False)
-            stamp.write_text(key, encoding="utf-8")
+            atomic_write_text(stamp, key)
     return out
 
 

@@ -87,7 +87,7 @@ def load_documents(folder: str | Path = DOCS_DIR, pattern: str = "*.txt") -> lis
     """Every ``pattern`` file under ``folder`` (sorted) as ``Document``s."""
     files = sorted(Path(folder).glob(pattern))
     if not files:
-        raise CourseError(f"{folder}: no {pattern} files found")
+        raise CourseError(f"{folder}: no {pattern} files found; pass a folder holding UTF-8 {pattern} documents")
     return [d for f in files for d in load_document(f)]
 
 
@@ -131,7 +131,8 @@ def load_embeddings(embedding_path: str | Path | None = None, device: str = "cpu
 
     path = str(embedding_path or default_embedding_path())
     if not Path(path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise CourseError(f"--embedding_path {path}: folder not found and offline mode cannot download it")
+        raise CourseError(f"--embedding_path {path}: folder not found and offline mode cannot download it; pass a "
+                          "local folder, or download it first with the real profile (HF_HUB_OFFLINE unset)")
     return HuggingFaceEmbeddings(model_name=path, model_kwargs={"device": device, "trust_remote_code": False},
                                  encode_kwargs={"normalize_embeddings": True})
 
@@ -224,7 +225,8 @@ def load_qa_set(path: str | Path = QA_SET) -> list[dict]:
     (optionally ``doc``, ``answer``)."""
     path = Path(path)
     if not path.is_file():
-        raise CourseError(f"{path}: QA set not found")
+        raise CourseError(f"{path}: QA set not found; pass a JSONL file with 'question' and 'passage' per line "
+                          "(see data/qa_set.jsonl)")
     rows = []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -257,6 +259,8 @@ def evaluate_retrieval(retrievers_: dict[str, Any], qa_set: list[dict], ks: tupl
     gold passage is among the first k retrieved chunks)."""
     import pandas as pd
 
+    if not qa_set:
+        raise CourseError("the QA set is empty: nothing to evaluate (load it with load_qa_set)")
     rows = {}
     for name, retriever in retrievers_.items():
         hits = {k: 0 for k in ks}

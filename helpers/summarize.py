@@ -36,7 +36,7 @@ def split_text(text: str, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHU
     from langchain_core.documents import Document
 
     if not text.strip():
-        raise CourseError("the text to summarize is empty")
+        raise CourseError("the text to summarize is empty: pass a --file_path with some UTF-8 text")
     return [Document(page_content=t) for t in text_splitter(chunk_size, chunk_overlap).split_text(text)]
 
 

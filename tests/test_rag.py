@@ -3,7 +3,6 @@ stuff/refine RetrievalQA chains (local HuggingFacePipeline and ChatOpenAI throug
 server), the CLI. Tiny answers are gibberish: the tests check the chain mechanics, not answer quality."""
 import inspect
 import json
-import socket
 import threading
 import time
 
@@ -115,6 +114,17 @@ def test_retrieval_table_hybrid_goal(chunks, embeddings, store):
     assert table.loc["bm25", "hit@3"] >= 0.8, table
 
 
+def test_qa_set_errors(tmp_path):
+    bad = tmp_path / "qa.jsonl"
+    bad.write_text('{"question": "问题", "passage": "答案"}\n\n{"question": "只有问题"}\n', encoding="utf-8")
+    with pytest.raises(CourseError, match="line 3 .*'passage'"):
+        rag.load_qa_set(bad)
+    with pytest.raises(CourseError, match="not found"):
+        rag.load_qa_set(tmp_path / "none.jsonl")
+    with pytest.raises(CourseError, match="QA set is empty"):
+        rag.evaluate_retrieval({}, [])
+
+
 def test_is_hit_needs_the_whole_passage_from_the_right_doc(chunks):
     item = rag.load_qa_set()[0]
     holders = [c for c in chunks if rag.is_hit(c, item)]
@@ -159,21 +169,15 @@ def test_build_qa_reuses_saved_index(tmp_path, llm, embeddings):
     assert len(out["sources"]) == 1 and out["sources"][0] in doc.read_text(encoding="utf-8")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api_server(model_tok):
     """The course API server (helpers.api.create_app) under a real uvicorn on 127.0.0.1; yields /v1 URL."""
     import uvicorn
 
-    from helpers.api import create_app
+    from helpers.api import create_app, free_port
 
     model, tok = model_tok
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(model, tok), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
