@@ -1,6 +1,6 @@
 """P2 — streaming LoRA merge: peak RSS / model size (goal <= 0.5) and time vs PEFT (goal: no slower).
 
-A synthetic fp32 LLaMA-shaped model (~2.4 GB, 9 safetensors shards) and a random r=8 LoRA on every
+A synthetic fp32 LLaMA-shaped model (~2.4 GB, 10 safetensors shards) and a random r=8 LoRA on every
 attention/MLP projection are written to a temporary folder (not the repo) and deleted afterwards. Each
 variant runs in its own subprocess (helpers.bench.in_subprocess), smallest first, because ru_maxrss of
 children is a running maximum:
@@ -93,7 +93,6 @@ def write_lora(folder: Path, r: int = 8) -> None:
 
 FLOOR = "import torch, helpers.merge"
 OURS = """
-import json, sys
 from helpers.merge import main
 assert main(["--base_model", {base!r}, "--lora_model", {lora!r}, "--output_dir", {out!r},
              "--max_shard_size", "400MB", "--quiet"]) == 0

@@ -71,8 +71,10 @@ def ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None)
     return multiple_of * math.ceil(hidden / multiple_of)
 
 
-def meta_params_from_config(config, multiple_of: int = 4) -> dict:
-    """``params.json`` (Meta's keys) for an HF ``LlamaConfig``; vocab_size -1 as in Meta's release."""
+def meta_params_from_config(config, multiple_of: int = 4, ffn_dim_multiplier: float | None = None) -> dict:
+    """``params.json`` (Meta's keys) for an HF ``LlamaConfig``; vocab_size -1 as in Meta's release.
+
+    Raises :class:`ConvertError` when ``intermediate_size`` does not follow LLaMA's rule for these values."""
     params = {
         "dim": config.hidden_size,
         "multiple_of": multiple_of,
@@ -83,14 +85,18 @@ def meta_params_from_config(config, multiple_of: int = 4) -> dict:
     }
     if config.num_key_value_heads != config.num_attention_heads:
         params["n_kv_heads"] = config.num_key_value_heads
-    if ffn_dim(config.hidden_size, multiple_of) != config.intermediate_size:
-        raise ValueError(
+    expected = ffn_dim(config.hidden_size, multiple_of, ffn_dim_multiplier)
+    if expected != config.intermediate_size:
+        raise ConvertError(
             f"intermediate_size {config.intermediate_size} does not follow LLaMA's rule for dim={config.hidden_size}, "
-            f"multiple_of={multiple_of} (expected {ffn_dim(config.hidden_size, multiple_of)})"
+            f"multiple_of={multiple_of}, ffn_dim_multiplier={ffn_dim_multiplier} (expected {expected}); "
+            "use meta_params(config), which finds the matching values"
         )
     theta = _rope_theta(config)
     if theta != 10000.0:
         params["rope_theta"] = theta
+    if ffn_dim_multiplier is not None:
+        params["ffn_dim_multiplier"] = ffn_dim_multiplier
     return params
 
 
@@ -120,30 +126,36 @@ def hf_to_meta_state_dict(sd: dict[str, torch.Tensor], n_heads: int, n_kv_heads:
     return out
 
 
-def _split_key(key: str):
+def split_dim(key: str) -> int | None:
+    """The dimension along which Meta splits weight ``key`` across tensor-parallel shards (None: replicated)."""
     name = key.rsplit(".weight", 1)[0]
     if name.startswith("layers."):
         name = name.split(".", 2)[2]
-    return META_SPLIT_DIM.get(name, None)
-
-
-def split_dim(key: str) -> int | None:
-    """The dimension along which Meta splits weight ``key`` across tensor-parallel shards (None: replicated)."""
-    return _split_key(key)
+    return META_SPLIT_DIM.get(name)
 
 
 def split_meta_shards(meta_sd: dict[str, torch.Tensor], num_shards: int) -> list[dict[str, torch.Tensor]]:
-    """Split a Meta state dict for ``num_shards`` tensor-parallel ranks, as Meta's release does."""
+    """Split a Meta state dict for ``num_shards`` tensor-parallel ranks, as Meta's release does.
+
+    An extended vocabulary may not divide evenly (Chinese-LLaMA's 49953 rows for 13B's 2 shards): ``output.weight``
+    then gives the last shard the remainder (24976 + 24977), as the original ``merge_llama_with_chinese_lora.py``."""
     shards: list[dict[str, torch.Tensor]] = [{} for _ in range(num_shards)]
     for key, w in meta_sd.items():
-        dim = _split_key(key) if w.dim() > 1 else None
+        dim = split_dim(key) if w.dim() > 1 else None
         if dim is None or num_shards == 1:
             for s in shards:
                 s[key] = w.clone()
             continue
-        if w.shape[dim] % num_shards:
-            raise ValueError(f"{key}: dimension {dim} of shape {tuple(w.shape)} does not split into {num_shards} shards")
-        for s, piece in zip(shards, torch.chunk(w, num_shards, dim=dim)):
+        size = w.shape[dim]
+        if size % num_shards == 0:
+            pieces = torch.chunk(w, num_shards, dim=dim)
+        elif key == "output.weight" and size >= num_shards:
+            pieces = torch.split(w, [size // num_shards] * (num_shards - 1) + [size // num_shards + size % num_shards],
+                                 dim=dim)
+        else:
+            raise ConvertError(f"{key}: dimension {dim} of shape {tuple(w.shape)} does not split into {num_shards} "
+                               "shards; pass a --num_shards that divides it (1 always works)")
+        for s, piece in zip(shards, pieces):
             s[key] = piece.clone().contiguous()
     return shards
 
@@ -211,8 +223,10 @@ def merge_meta_shards(shards: list[dict[str, torch.Tensor]], files: list[Path] |
     out = {}
     for key in keys:
         parts = [s[key] for s in shards]
-        dim = _split_key(key) if parts[0].dim() > 1 else None
+        dim = split_dim(key) if parts[0].dim() > 1 else None
         for f, p in zip(files[1:], parts[1:]):
+            if key == "output.weight" and p.dim() == 2 and p.shape[1] == parts[0].shape[1]:
+                continue  # vocabulary rows: the last shard may hold more (see split_meta_shards)
             if p.shape != parts[0].shape:
                 raise ConvertError(f"{f}: {key} has shape {tuple(p.shape)} but {tuple(parts[0].shape)} in "
                                    f"{files[0].name}; the shards do not belong together")
@@ -235,11 +249,13 @@ def check_meta_shapes(sd: dict[str, torch.Tensor], params: dict, where) -> dict:
         if key not in sd:
             raise ConvertError(f"{where}: weight {key} missing; not a LLaMA checkpoint")
     vocab = sd["tok_embeddings.weight"].shape[0]
-    _expect(sd["tok_embeddings.weight"].shape[1] == dim, where, "tok_embeddings.weight", sd["tok_embeddings.weight"].shape,
-            f"(vocab, {dim})")
+    for key, shape in (("tok_embeddings.weight", (vocab, dim)), ("output.weight", (vocab, dim)), ("norm.weight", (dim,))):
+        _expect(tuple(sd[key].shape) == shape, where, key, sd[key].shape, shape)
     layers = {int(k.split(".")[1]) for k in sd if k.startswith("layers.")}
     if layers != set(range(n_layers)):
         raise ConvertError(f"{where}: holds {len(layers)} layers but params.json says n_layers={n_layers}")
+    if "layers.0.feed_forward.w1.weight" not in sd:
+        raise ConvertError(f"{where}: weight layers.0.feed_forward.w1.weight missing")
     inter = sd["layers.0.feed_forward.w1.weight"].shape[0]
     want = {"attention.wq": (n_heads * head_dim, dim), "attention.wk": (n_kv * head_dim, dim),
             "attention.wv": (n_kv * head_dim, dim), "attention.wo": (dim, n_heads * head_dim),
@@ -357,9 +373,12 @@ def load_hf_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
 
 
 def guess_multiple_of(config) -> tuple[int, float | None]:
-    """``(multiple_of, ffn_dim_multiplier)`` that reproduce ``intermediate_size`` with LLaMA's rule (largest first)."""
+    """``(multiple_of, ffn_dim_multiplier)`` that reproduce ``intermediate_size`` with LLaMA's rule.
+
+    Meta's own value 256 first (LLaMA-1/2 up to 13B use it; 13B would also fit 512), then the largest that fits
+    (70B: 4096 with multiplier 1.3)."""
     for mult in (None, 1.3, 1.5, 2.0):
-        for m in (4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1):
+        for m in (256, 4096, 2048, 1024, 512, 128, 64, 32, 16, 8, 4, 2, 1):
             if ffn_dim(config.hidden_size, m, mult) == config.intermediate_size:
                 return m, mult
     raise ConvertError(f"intermediate_size {config.intermediate_size} does not follow LLaMA's feed-forward rule "
@@ -369,13 +388,7 @@ def guess_multiple_of(config) -> tuple[int, float | None]:
 def meta_params(config) -> dict:
     """Meta's ``params.json`` for an HF ``LlamaConfig`` (``multiple_of``/``ffn_dim_multiplier`` recovered)."""
     multiple_of, mult = guess_multiple_of(config)
-    if mult is None:
-        return meta_params_from_config(config, multiple_of)
-    config_copy = type(config).from_dict(config.to_dict())
-    config_copy.intermediate_size = ffn_dim(config.hidden_size, multiple_of)
-    params = meta_params_from_config(config_copy, multiple_of)
-    params["ffn_dim_multiplier"] = mult
-    return params
+    return meta_params_from_config(config, multiple_of, mult)
 
 
 def hf_to_meta(input_dir: str | Path, output_dir: str | Path, num_shards: int | None = None,

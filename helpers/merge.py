@@ -16,6 +16,7 @@ the adapters plus a few copies of the largest tensor (safetensors input), or one
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import mmap
@@ -117,21 +118,20 @@ class _Reader:
 
     def _open_safetensors(self, path: Path) -> None:
         size = path.stat().st_size
-        f = open(path, "rb")
-        n = int.from_bytes(f.read(8), "little")
-        if size < 8 or n <= 0 or 8 + n > size:
-            f.close()
-            raise MergeError(f"{path}: the safetensors header says {n} bytes but the file has {size}: the file is "
-                             "truncated or corrupt; download it again and compare its SHA256")
-        header = json.loads(f.read(n))
+        with open(path, "rb") as f:  # reopened below only when the header is sound
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise MergeError(f"{path}: the safetensors header says {n} bytes but the file has {size}: the file is "
+                                 "truncated or corrupt; download it again and compare its SHA256")
+            header = json.loads(f.read(n))
         header.pop("__metadata__", None)
         end = max((v["data_offsets"][1] for v in header.values()), default=0)
         if 8 + n + end != size:
-            f.close()
             raise MergeError(f"{path}: the header needs {8 + n + end} bytes but the file has {size}: the file is "
                              "truncated or corrupt; download it again and compare its SHA256")
-        self._f, self._header, self._start = f, header, 8 + n
+        self._header, self._start = header, 8 + n
         self.keys = sorted(header, key=lambda k: header[k]["data_offsets"][0])
+        self._f = open(path, "rb")
 
     def shape(self, key: str) -> tuple[int, ...]:
         return tuple(self._header[key]["shape"]) if self._f else tuple(self._sd[key].shape)
@@ -158,6 +158,12 @@ class _Reader:
         if self._f is not None:
             self._f.close()
         self._f = self._sd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 # --------------------------------------------------------------------------- adapters
@@ -324,11 +330,10 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
     adapters = [load_adapter(p) for p in paths]
     keys, shapes, dtypes, where = [], {}, {}, {}
     for i, f in enumerate(files):
-        r = _Reader(f)
-        for k in r.keys:
-            keys.append((i, k))
-            shapes[k], dtypes[k], where[k] = r.shape(k), r.dtype(k), i
-        r.close()
+        with _Reader(f) as r:
+            for k in r.keys:
+                keys.append((i, k))
+                shapes[k], dtypes[k], where[k] = r.shape(k), r.dtype(k), i
     if EMBED not in shapes:
         raise MergeError(f"--base_model {base}: no {EMBED}; is this a LLaMA-family model?")
     vocab = shapes[EMBED][0]
@@ -364,9 +369,8 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
                     "(e.g. a LLaMA-2 GQA model has fewer key/value heads); use the base it was trained on")
         if check_base and EMBED in ad.original:
             if current_embed is None:
-                r = _Reader(files[where[EMBED]])
-                current_embed = r.get(EMBED).float()
-                r.close()
+                with _Reader(files[where[EMBED]]) as r:
+                    current_embed = r.get(EMBED).float()
             _check_trained_on(ad, current_embed, real_rows)
         if EMBED in ad.replace:
             current_embed, real_rows = ad.replace[EMBED].float(), new_vocab
@@ -457,7 +461,7 @@ def parse_size(size: str | int) -> int:
     """``"2GB"`` -> 2_000_000_000 (``GiB``/``MiB`` binary), ints pass through."""
     if isinstance(size, int):
         return size
-    m = re.fullmatch(r"\s*([\d.]+)\s*([KMGT]?i?B)?\s*", str(size), re.I)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?i?B)?\s*", str(size), re.I)
     if not m:
         raise MergeError(f"--max_shard_size {size!r}: use a size such as 2GB, 500MB or 1GiB")
     unit = (m[2] or "B").upper()
@@ -496,9 +500,18 @@ class StreamingSafetensorsWriter:
         self.i += 1
 
     def close(self) -> None:
+        self.f.close()
         if self.i != len(self.specs):
             raise RuntimeError(f"{self.path}: only {self.i} of {len(self.specs)} tensors written")
-        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        else:  # the block failed: release the file, the caller's atomic_dir removes it
+            self.f.close()
 
 
 def _element_size(dtype) -> int:
@@ -537,20 +550,18 @@ def _meta_name(key: str) -> tuple[str, str | None]:
 
 
 def meta_params(config: dict) -> dict:
-    """``params.json`` for the merged model via :func:`helpers.convert.meta_params_from_config` (multiple_of found)."""
+    """``params.json`` for the merged model (a ``config.json`` dict) via :func:`helpers.convert.meta_params`
+    (``multiple_of`` and, for 70B-style models, ``ffn_dim_multiplier`` recovered)."""
     from types import SimpleNamespace
 
-    from .convert import meta_params_from_config
+    from . import convert
 
     cfg = SimpleNamespace(**dict(config, num_key_value_heads=config.get("num_key_value_heads")
                                  or config["num_attention_heads"]))
-    for multiple_of in (256, 128, 64, 32, 16, 8, 4, 2, 1):
-        try:
-            return meta_params_from_config(cfg, multiple_of=multiple_of)
-        except ValueError:
-            continue
-    raise MergeError(f"intermediate_size {cfg.intermediate_size} follows no LLaMA multiple_of rule; "
-                     "use --output_type huggingface")
+    try:
+        return convert.meta_params(cfg)
+    except convert.ConvertError as e:
+        raise MergeError(f"{e}; use --output_type huggingface") from e
 
 
 @dataclass
@@ -580,15 +591,14 @@ def merge_lora_into(base_model: str | Path, lora_models, output_dir: str | Path,
     if out.exists() and not overwrite:
         raise MergeError(f"--output_dir {out}: folder already exists; pass --overwrite to replace it (or choose another folder)")
     start = time.perf_counter()
+    max_bytes = parse_size(max_shard_size)  # a bad flag fails before the adapters are read
     plan = plan_merge(base_model, lora_models, check_base=check_base)
-    max_bytes = parse_size(max_shard_size)
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        bar = tqdm(total=len(plan.keys), desc="merge", unit="tensor", disable=not progress)
-        if output_type == "huggingface":
-            _write_hf(plan, tmp, max_bytes, bar)
-        else:
-            _write_pth(plan, tmp, num_shards, bar)
-        bar.close()
+        with tqdm(total=len(plan.keys), desc="merge", unit="tensor", disable=not progress) as bar:
+            if output_type == "huggingface":
+                _write_hf(plan, tmp, max_bytes, bar)
+            else:
+                _write_pth(plan, tmp, num_shards, bar)
         _copy_tokenizer(plan, tmp, output_type)
         write_model_card(tmp, merged_card(plan, output_type))
         write_manifest(tmp)
@@ -597,17 +607,20 @@ def merge_lora_into(base_model: str | Path, lora_models, output_dir: str | Path,
 
 
 def _iter_merged(plan: Plan, bar):
-    """Yield ``(key, merged tensor)`` in plan order, reading one base file at a time."""
+    """Yield ``(key, merged tensor)`` in plan order, reading one base file at a time (use it in ``with closing()``:
+    the last file is closed when the generator is)."""
     reader, current = None, -1
-    for i, key in plan.keys:
-        if i != current:
-            if reader is not None:
-                reader.close()
-            reader, current = _Reader(plan.files[i]), i
-        yield key, merged_tensor(plan, key, reader.get(key))
-        bar.update(1)
-    if reader is not None:
-        reader.close()
+    try:
+        for i, key in plan.keys:
+            if i != current:
+                if reader is not None:
+                    reader.close()
+                reader, current = _Reader(plan.files[i]), i
+            yield key, merged_tensor(plan, key, reader.get(key))
+            bar.update(1)
+    finally:
+        if reader is not None:
+            reader.close()
 
 
 def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
@@ -615,17 +628,16 @@ def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
     groups = _group_by_size(specs, max_bytes)
     names = (["model.safetensors"] if len(groups) == 1 else
              [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
-    it = _iter_merged(plan, bar)
     weight_map, total = {}, 0
-    for name, group in zip(names, groups):
-        w = StreamingSafetensorsWriter(tmp / name, group, {"format": "pt"})
-        for _ in group:
-            key, t = next(it)
-            w.write(key, t)
-            weight_map[key] = name
-            total += t.numel() * t.element_size()
-            del t  # free it before the next tensor is read: at most one large tensor alive
-        w.close()
+    with contextlib.closing(_iter_merged(plan, bar)) as it:
+        for name, group in zip(names, groups):
+            with StreamingSafetensorsWriter(tmp / name, group, {"format": "pt"}) as w:
+                for _ in group:
+                    key, t = next(it)
+                    w.write(key, t)
+                    weight_map[key] = name
+                    total += t.numel() * t.element_size()
+                    del t  # free it before the next tensor is read: at most one large tensor alive
     if len(groups) > 1:
         write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
     config = dict(plan.config, vocab_size=plan.vocab_steps[-1])
@@ -646,8 +658,11 @@ def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
     from .convert import permute_hf_to_meta, split_meta_shards
 
     cfg = plan.config
-    n = num_shards or META_NUM_SHARDS.get(cfg["hidden_size"], 1)
+    n = num_shards if num_shards is not None else META_NUM_SHARDS.get(cfg["hidden_size"], 1)
     heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    if n < 1 or heads % n or kv % n:
+        raise MergeError(f"--num_shards {n}: the shard count must divide the {heads} attention and {kv} key/value "
+                         "heads of the base; pass another --num_shards (1 always works)")
     specs: list[list] = [[] for _ in range(n)]
     for _, key in plan.keys:
         meta, _ = _meta_name(key)
@@ -656,16 +671,17 @@ def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
             specs[rank].append((meta, tuple(piece[meta].shape), plan.dtypes[key]))
     staging = tmp / ".staging"
     staging.mkdir()
-    writers = [StreamingSafetensorsWriter(staging / f"rank{r}.safetensors", specs[r]) for r in range(n)]
-    for key, t in _iter_merged(plan, bar):
-        meta, perm = _meta_name(key)
-        if perm:
-            t = permute_hf_to_meta(t, heads if perm == "q" else kv)
-        for w, piece in zip(writers, split_meta_shards({meta: t}, n)):
-            w.write(meta, piece[meta])
-        del t, piece
+    with contextlib.ExitStack() as stack:
+        writers = [stack.enter_context(StreamingSafetensorsWriter(staging / f"rank{r}.safetensors", specs[r]))
+                   for r in range(n)]
+        for key, t in stack.enter_context(contextlib.closing(_iter_merged(plan, bar))):
+            meta, perm = _meta_name(key)
+            if perm:
+                t = permute_hf_to_meta(t, heads if perm == "q" else kv)
+            for w, piece in zip(writers, split_meta_shards({meta: t}, n)):
+                w.write(meta, piece[meta])
+            del t, piece
     for r, w in enumerate(writers):
-        w.close()
         torch.save(_mmap_tensors(w), tmp / f"consolidated.{r:02d}.pth")
         (staging / f"rank{r}.safetensors").unlink()
     staging.rmdir()
@@ -676,8 +692,8 @@ def _mmap_tensors(w: StreamingSafetensorsWriter) -> dict:
     """Zero-copy tensors over a file written by :class:`StreamingSafetensorsWriter`."""
     import torch
 
-    f = open(w.path, "rb")
-    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    with open(w.path, "rb") as f:  # the map keeps its own handle
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     out = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # read-only buffer: torch warns that it is not writable

@@ -203,3 +203,33 @@ def test_pickle_checkpoints_are_refused(meta_copy, tmp_path):
     torch.save({"x": shutil.copyfile}, f)  # a function reference: refused by the safe unpickler
     with pytest.raises(CourseError, match="consolidated.00.pth: cannot be read"):
         convert.meta_to_hf(meta_copy, "tiny-tp2", tmp_path / "out")
+
+
+def test_meta_params_recover_metas_values():
+    """params.json from an HF config: Meta's multiple_of (256 up to 65B) and 70B's 4096 + ffn_dim_multiplier 1.3."""
+    from types import SimpleNamespace
+
+    def cfg(h, inter, heads, kv):
+        return SimpleNamespace(hidden_size=h, intermediate_size=inter, num_attention_heads=heads,
+                               num_key_value_heads=kv, num_hidden_layers=2, rms_norm_eps=1e-5)
+
+    assert convert.meta_params(cfg(4096, 11008, 32, 32))["multiple_of"] == 256  # 7B
+    assert convert.meta_params(cfg(5120, 13824, 40, 40))["multiple_of"] == 256  # 13B (512 fits too)
+    p70 = convert.meta_params(cfg(8192, 28672, 64, 8))
+    assert (p70["multiple_of"], p70["ffn_dim_multiplier"], p70["n_kv_heads"]) == (4096, 1.3, 8)
+    assert convert.ffn_dim(8192, p70["multiple_of"], p70["ffn_dim_multiplier"]) == 28672
+    with pytest.raises(CourseError, match="intermediate_size 999"):
+        convert.meta_params(cfg(64, 999, 4, 4))
+
+
+def test_odd_vocabulary_splits_like_the_original_merge_script():
+    """Chinese-LLaMA's 49953 rows in 13B's 2 shards: output.weight 24976 + 24977; other weights must divide."""
+    sd = {"output.weight": torch.randn(1001, 64), "tok_embeddings.weight": torch.randn(1001, 64),
+          "norm.weight": torch.ones(64)}
+    shards = convert.split_meta_shards(sd, 2)
+    assert [s["output.weight"].shape[0] for s in shards] == [500, 501]
+    assert [s["tok_embeddings.weight"].shape for s in shards] == [(1001, 32)] * 2
+    back = convert.merge_meta_shards(shards)
+    assert all(torch.equal(back[k], sd[k]) for k in sd)
+    with pytest.raises(CourseError, match=r"layers.0.attention.wq.weight: dimension 0 of shape \(63, 64\).*--num_shards"):
+        convert.split_meta_shards({"layers.0.attention.wq.weight": torch.zeros(63, 64)}, 2)

@@ -1,7 +1,6 @@
 """Course step 04: streaming LoRA merge, checks that teach, SHA256 verify, adapter distribution."""
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -38,12 +37,9 @@ def _ids(vocab):
 
 
 def _state_dict(folder):
-    from safetensors.torch import load_file
+    from helpers.convert import load_hf_state_dict
 
-    sd = {}
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        sd.update(load_file(str(f)))
-    return sd
+    return load_hf_state_dict(folder)
 
 
 def test_single_lora_equals_peft_wrapped(base, loras, tmp_path):
@@ -99,6 +95,22 @@ def test_pth_output_is_meta_layout_of_hf_merge(base, loras, merged2, tmp_path):
         assert params["dim"] == 64 and params["n_layers"] == 2 and params["vocab_size"] == -1
         assert (out / "tokenizer.model").is_file() and not (out / ".staging").exists()
         assert merge.verify(out)["mismatch"] == []
+
+
+def test_pth_with_odd_vocabulary_converts_back(base, loras, tmp_path):
+    """The LLaMA-LoRA's odd vocabulary (like Chinese-LLaMA's 49953) in 2 pth shards: the last shard takes the extra
+    output row, and helpers.convert reads the shards back to the HF merge's weights."""
+    from helpers.convert import hf_to_meta_state_dict, load_meta_checkpoint
+
+    hf = merge.merge_lora_into(base, [loras["llama"]], tmp_path / "hf", progress=False)
+    assert hf.vocab_size % 2 == 1
+    out = merge.merge_lora_into(base, [loras["llama"]], tmp_path / "pth", output_type="pth", num_shards=2,
+                                progress=False).output_dir
+    rows = [torch.load(out / f"consolidated.0{r}.pth", weights_only=True)["output.weight"].shape[0] for r in (0, 1)]
+    assert rows == [hf.vocab_size // 2, hf.vocab_size // 2 + 1]
+    sd, _ = load_meta_checkpoint(out)
+    want = hf_to_meta_state_dict(_state_dict(hf.output_dir), 4, 4)
+    assert sd.keys() == want.keys() and all(torch.equal(sd[k], want[k]) for k in sd)
 
 
 def test_sharded_bin_base_gives_same_weights(base, loras, merged2, tmp_path):
@@ -320,3 +332,54 @@ def test_library_signatures_used_by_merge():
     assert {"adapter_name"} <= set(inspect.signature(PeftModel.from_pretrained).parameters)
     assert {"mean_resizing"} <= set(inspect.signature(PreTrainedModel.resize_token_embeddings).parameters)
     assert {"max_shard_size"} <= set(inspect.signature(PreTrainedModel.save_pretrained).parameters)
+
+
+def test_no_file_left_open(base, loras, tmp_path, monkeypatch):
+    """Every base shard, output file and memory map is closed: after success (huggingface, pth) and after a failure."""
+    import gc
+    import sys
+    import warnings
+
+    leaked = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: leaked.append(str(u.exc_value)))
+    real = merge.merged_tensor
+
+    def flaky(plan, key, w):
+        if key.endswith("layers.1.mlp.up_proj.weight"):
+            raise RuntimeError("disk full (simulated)")
+        return real(plan, key, w)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        merge.merge_lora_into(base, [loras["llama"]], tmp_path / "hf", max_shard_size="300KB", progress=False)
+        merge.merge_lora_into(base, [loras["llama"]], tmp_path / "pth", output_type="pth", num_shards=2,
+                              progress=False)
+        monkeypatch.setattr(merge, "merged_tensor", flaky)
+        for kind in ("huggingface", "pth"):
+            with pytest.raises(RuntimeError, match="simulated"):
+                merge.merge_lora_into(base, [loras["llama"]], tmp_path / f"bad-{kind}", output_type=kind,
+                                      progress=False)
+        gc.collect()
+    assert leaked == []
+
+
+def test_bad_shard_flags_are_course_errors(base, loras, tmp_path):
+    for n in (0, 3):  # tiny: 4 attention heads
+        with pytest.raises(MergeError, match=f"--num_shards {n}: the shard count must divide"):
+            merge.merge_lora_into(base, [loras["llama"]], tmp_path / "x", output_type="pth", num_shards=n,
+                                  progress=False)
+    for bad in ("1.5.3GB", "GB", "-1MB"):
+        with pytest.raises(MergeError, match="--max_shard_size"):
+            merge.parse_size(bad)
+    assert merge.parse_size("1.5KB") == 1500 and merge.parse_size(".5 MiB") == 2**19
+    assert not (tmp_path / "x").exists()
+
+
+def test_pth_params_for_70b_style_config():
+    """A merged Llama-2-70B-shaped config gets Meta's params.json (multiple_of 4096, ffn_dim_multiplier 1.3)."""
+    cfg = {"hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64, "num_key_value_heads": 8,
+           "num_hidden_layers": 80, "rms_norm_eps": 1e-5}
+    params = merge.meta_params(cfg)
+    assert (params["multiple_of"], params["ffn_dim_multiplier"], params["n_kv_heads"]) == (4096, 1.3, 8)
+    with pytest.raises(MergeError, match="--output_type huggingface"):
+        merge.meta_params(dict(cfg, intermediate_size=12345))
