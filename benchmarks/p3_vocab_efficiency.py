@@ -28,9 +28,13 @@ from helpers.tokenizer import build_hf_tokenizer, sp_mismatches  # noqa: E402
 
 
 def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="p3_") as tmp:  # the trained models are deleted afterwards
+        return run(Path(tmp))
+
+
+def run(tmp: Path) -> int:
     held = [x for x in (DATA_DIR / "zh_heldout.txt").read_text(encoding="utf-8").splitlines() if x.strip()]
     base = tiny.base_sp_model()
-    tmp = Path(tempfile.mkdtemp(prefix="p3_"))
     zh = {}
     rows = [timed("train zh 3000 (corpus + jieba)", lambda: zh.__setitem__(
         "tiny", vocab.train_chinese_sp(tmp / "zh3000", vocab_size=tiny.TINY_ZH_VOCAB)))]

@@ -76,7 +76,7 @@ def train_sp_model(inputs, model_prefix: str | Path, vocab_size: int, character_
     )
     kwargs.update(overrides)
     spm.SentencePieceTrainer.train(**kwargs)
-    return model_prefix.with_suffix(".model")
+    return model_prefix.with_name(model_prefix.name + ".model")  # not with_suffix: "zh-v1.5" -> "zh-v1.5.model"
 
 
 def load_base_sp(path: str | Path):
@@ -234,7 +234,8 @@ def add_pad_piece(model_file: str | Path, out_model: str | Path, pad: str = "[PA
     sp_pb2 = _sp_pb2()
     proto = load_sp_proto(model_file)
     if any(p.piece == pad for p in proto.pieces):
-        raise VocabError(f"{model_file}: already has {pad}")
+        raise VocabError(f"{model_file}: already has {pad} (an Alpaca tokenizer?); pass the Chinese-LLaMA model "
+                         "without it, or use this one as is")
     new = sp_pb2.ModelProto().SentencePiece()
     new.piece, new.score, new.type = pad, 0.0, 3  # CONTROL: never produced from text
     proto.pieces.append(new)
@@ -275,7 +276,8 @@ def extend_vocab(llama_tokenizer_dir: str | Path, chinese_sp_model_file: str | P
         if chinese_sp_model_file is None:
             chinese_sp_model_file = train_chinese_sp(tmp / "chinese_sp", vocab_size=vocab_size)
         elif not Path(chinese_sp_model_file).is_file():
-            raise VocabError(f"{chinese_sp_model_file}: --chinese_sp_model_file not found")
+            raise VocabError(f"{chinese_sp_model_file}: --chinese_sp_model_file not found; pass the path of "
+                             "chinese_sp.model, or leave the flag out to train one")
         stats = merge_tokenizers(base, chinese_sp_model_file, tmp)
     return stats
 
@@ -290,11 +292,13 @@ def tokens_per_chinese_char(sp_model: str | Path, lines) -> dict:
     """Tokens (no BOS) per Chinese character of ``lines`` under a SentencePiece model: ``{tokens, chars, ratio}``."""
     import sentencepiece as spm
 
+    lines = list(lines)  # read twice below: a generator would be empty the second time
     sp = spm.SentencePieceProcessor(model_file=str(sp_model))
-    tokens = sum(len(ids) for ids in sp.encode(list(lines)))
+    tokens = sum(len(ids) for ids in sp.encode(lines))
     chars = sum(chinese_chars(x) for x in lines)
     if chars == 0:
-        raise VocabError("no Chinese characters in the evaluation text")
+        raise VocabError(f"no Chinese characters in the {len(lines)} evaluation line(s); pass Chinese text "
+                         "(e.g. data/zh_heldout.txt)")
     return {"tokens": tokens, "chars": chars, "ratio": tokens / chars}
 
 
@@ -303,6 +307,9 @@ def efficiency_table(models: dict[str, str | Path], lines, base: str | None = No
     import pandas as pd
     import sentencepiece as spm
 
+    if base is not None and base not in models:
+        raise VocabError(f"base={base!r} is not one of the tokenizers {list(models)}")
+    lines = list(lines)  # every model reads them
     rows = []
     for name, path in models.items():
         r = tokens_per_chinese_char(path, lines)

@@ -161,3 +161,23 @@ def test_protobuf_missing_gives_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "sentencepiece.sentencepiece_model_pb2", None)  # import now fails
     with pytest.raises(CourseError, match="pip install protobuf"):
         vocab.merge_sp_models(tiny.base_sp_model(), tiny.chinese_sp_model(), tmp_path / "m.model")
+
+
+def test_train_sp_model_returns_the_written_file_for_a_dotted_prefix(tmp_path):
+    text = tmp_path / "en.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog\n" * 50, encoding="utf-8")
+    model = vocab.train_sp_model(text, tmp_path / "zh-v1.5", 300)  # 256 byte pieces + a few
+    assert model == tmp_path / "zh-v1.5.model" and model.is_file()
+
+
+def test_efficiency_accepts_a_generator_and_names_bad_input():
+    lines = [x for x in (DATA_DIR / "zh_heldout.txt").read_text(encoding="utf-8").splitlines() if x.strip()][:20]
+    want = vocab.tokens_per_chinese_char(tiny.base_sp_model(), lines)
+    assert vocab.tokens_per_chinese_char(tiny.base_sp_model(), (x for x in lines)) == want and want["chars"] > 0
+    models = {"base": tiny.base_sp_model(), "zh": tiny.chinese_sp_model()}
+    df = vocab.efficiency_table(models, (x for x in lines))
+    assert list(df.chinese_chars) == [want["chars"]] * 2 and df.vs_base.iloc[0] == 1.0
+    with pytest.raises(CourseError, match="base='llama' is not one of"):
+        vocab.efficiency_table(models, lines, base="llama")
+    with pytest.raises(CourseError, match="no Chinese characters"):
+        vocab.tokens_per_chinese_char(tiny.base_sp_model(), ["only English"])
