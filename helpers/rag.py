@@ -146,15 +146,19 @@ def build_index(chunks: list, embeddings):
     return FAISS.from_documents(chunks, embeddings)
 
 
-def save_index(store, folder: str | Path, embedding_path: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Write ``index.faiss`` + ``index.pkl`` + ``index_info.json`` + SHA256SUMS atomically; returns the folder."""
+def save_index(store, folder: str | Path, embedding_path: str | Path | None = None, overwrite: bool = False,
+               source: dict | None = None) -> Path:
+    """Write ``index.faiss`` + ``index.pkl`` + ``index_info.json`` + SHA256SUMS atomically; returns the folder.
+
+    ``source`` (see :func:`index_source`) records which document and split settings the index was built from.
+    """
     from .io import atomic_dir, write_json, write_manifest
 
     folder = Path(folder)
     with atomic_dir(folder, overwrite=overwrite) as tmp:
         store.save_local(str(tmp))
         write_json(tmp / INDEX_INFO, {"embedding_path": str(embedding_path or default_embedding_path()),
-                                      "num_chunks": store.index.ntotal, "dim": store.index.d})
+                                      "num_chunks": store.index.ntotal, "dim": store.index.d, "source": source})
         write_manifest(tmp)
     return folder
 
@@ -377,19 +381,34 @@ def answer(qa, question: str, callbacks: list | None = None) -> dict:
             "sources": [d.page_content for d in out["source_documents"]]}
 
 
+def index_source(file_path: str | Path, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP) -> dict:
+    """What a saved index depends on: the document's SHA256 and the split settings."""
+    from .io import sha256_file
+
+    path = Path(file_path)
+    if not path.is_file():
+        raise CourseError(f"--file_path {path}: document not found (a UTF-8 text file)")
+    return {"file": path.name, "sha256": sha256_file(path), "chunk_size": chunk_size, "chunk_overlap": chunk_overlap}
+
+
 def build_qa(file_path: str | Path, llm, embeddings=None, chain_type: str = "refine", k: int = 1,
              chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP, index_dir: str | Path | None = None,
              template: str = "alpaca", embedding_path: str | Path | None = None):
     """The whole langchain_qa.py pipeline up to the chain: load, split, embed, index (reuse ``index_dir``
-    when it holds a saved index, else build and save it there), retriever with ``k`` passages."""
+    when it holds an index of the same document and split settings, else build and save it there),
+    retriever with ``k`` passages."""
+    from .io import read_json
+
     embeddings = embeddings or load_embeddings(embedding_path)
-    if index_dir is not None and (Path(index_dir) / "SHA256SUMS").is_file():
+    source = index_source(file_path, chunk_size, chunk_overlap)
+    saved = index_dir is not None and (Path(index_dir) / "SHA256SUMS").is_file()
+    if saved and read_json(Path(index_dir) / INDEX_INFO).get("source") == source:
         store = load_index(index_dir, embeddings)
-    else:
+    else:  # no index yet, or one built from another document / other split settings: (re)build it
         chunks = split_documents(load_document(file_path), chunk_size, chunk_overlap)
         store = build_index(chunks, embeddings)
         if index_dir is not None:
-            save_index(store, index_dir, embedding_path)
+            save_index(store, index_dir, embedding_path, overwrite=True, source=source)
     return build_qa_chain(llm, store.as_retriever(search_kwargs={"k": k}), chain_type, template)
 
 

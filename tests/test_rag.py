@@ -157,16 +157,22 @@ def test_qa_refine_calls_llm_once_per_passage(llm, store):
         assert "已有的回答" in rec.prompts[i] and out["sources"][i] in rec.prompts[i]
 
 
-def test_build_qa_reuses_saved_index(tmp_path, llm, embeddings):
+def test_build_qa_reuses_saved_index_only_for_the_same_document(tmp_path, llm, embeddings):
     doc = DATA_DIR / "docs" / "high_speed_rail.txt"
     index_dir = tmp_path / "idx"
     rag.build_qa(doc, llm, embeddings, chain_type="stuff", index_dir=index_dir)
     stamp = (index_dir / "SHA256SUMS").stat().st_mtime_ns
-    qa = rag.build_qa(tmp_path / "not-read-when-index-exists.txt", llm, embeddings, chain_type="stuff",
-                      index_dir=index_dir)
+    qa = rag.build_qa(doc, llm, embeddings, chain_type="stuff", index_dir=index_dir)
     out = rag.answer(qa, "高铁的最高运营时速是多少？")
-    assert (index_dir / "SHA256SUMS").stat().st_mtime_ns == stamp
+    assert (index_dir / "SHA256SUMS").stat().st_mtime_ns == stamp  # reused, not rebuilt
     assert len(out["sources"]) == 1 and out["sources"][0] in doc.read_text(encoding="utf-8")
+    other = DATA_DIR / "docs" / "panda.txt"  # another document: the old index must not answer for it
+    qa = rag.build_qa(other, llm, embeddings, chain_type="stuff", index_dir=index_dir)
+    out = rag.answer(qa, "大熊猫主要吃什么？")
+    assert (index_dir / "SHA256SUMS").stat().st_mtime_ns != stamp
+    assert out["sources"][0] in other.read_text(encoding="utf-8")
+    with pytest.raises(CourseError, match="--file_path"):
+        rag.build_qa(tmp_path / "missing.txt", llm, embeddings, index_dir=index_dir)
 
 
 @pytest.fixture(scope="module")
