@@ -22,6 +22,7 @@ from collections import Counter
 from pathlib import Path
 
 from .core import CourseError
+from .io import atomic_write_bytes
 from .tokenizer import TokenizerError, load_sp_proto
 
 # LLaMA's tokenizer.model settings (read from the released model's trainer_spec).
@@ -142,7 +143,7 @@ def merge_sp_models(llama_model: str | Path, chinese_model: str | Path, out_mode
         llama.pieces.append(new)
     out_model = Path(out_model)
     out_model.parent.mkdir(parents=True, exist_ok=True)
-    out_model.write_bytes(llama.SerializeToString())
+    atomic_write_bytes(out_model, llama.SerializeToString())
     return {"base": base_size, "chinese": len(chinese.pieces), "added": len(new_pieces), "merged": len(llama.pieces)}
 
 
@@ -239,7 +240,7 @@ def add_pad_piece(model_file: str | Path, out_model: str | Path, pad: str = "[PA
     new = sp_pb2.ModelProto().SentencePiece()
     new.piece, new.score, new.type = pad, 0.0, 3  # CONTROL: never produced from text
     proto.pieces.append(new)
-    Path(out_model).write_bytes(proto.SerializeToString())
+    atomic_write_bytes(out_model, proto.SerializeToString())
     return len(proto.pieces)
 
 
