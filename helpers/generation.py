@@ -38,6 +38,17 @@ def cut_at_stop(text: str, stop: list[str] | None) -> str:
     return text[:min(cuts)] if cuts else text
 
 
+def held_back(text: str, stop: list[str] | None) -> int:
+    """How many trailing characters of ``text`` could be the start of a stop string (not safe to show yet)."""
+    keep = 0
+    for s in stop or []:
+        for k in range(min(len(s) - 1, len(text)), keep, -1):
+            if text.endswith(s[:k]):
+                keep = k
+                break
+    return keep
+
+
 def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, *, stop: list[str] | None = None,
              add_special_tokens: bool = True, sort_by_length: bool = False, progress: bool = False,
              **gen) -> list[str]:
@@ -77,6 +88,8 @@ def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel:
            *, add_special_tokens: bool = True, **gen) -> Iterator[str]:
     """Yield new text pieces as they are generated; ends at EOS, ``max_new_tokens``, a stop string or ``cancel``.
 
+    No part of a stop string is ever yielded: a tail that could be its beginning waits for the next piece.
+
     ``add_special_tokens=False`` when ``prompt`` already starts with ``<s>`` (a rendered chat template).
     """
     import torch
@@ -103,21 +116,26 @@ def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel:
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
-    text = ""
+    text, sent = "", 0  # everything generated so far; how much of it was yielded
     try:
         for piece in streamer:
             if not piece:
                 continue
-            if stop:
-                combined = text + piece
-                cut = min((combined.find(s) for s in stop if s and s in combined), default=-1)
-                if cut >= 0:
-                    if cut > len(text):
-                        yield combined[len(text):cut]
-                    cancel.set()
-                    break
             text += piece
-            yield piece
+            answer = cut_at_stop(text, stop)
+            if len(answer) < len(text):  # a stop string appeared: yield what precedes it and end
+                if len(answer) > sent:
+                    yield answer[sent:]
+                cancel.set()
+                break
+            # hold back a tail that may grow into a stop string ("### " before "Instruction:" arrives)
+            safe = len(text) - held_back(text, stop)
+            if safe > sent:
+                yield text[sent:safe]
+                sent = safe
+        else:
+            if not errors and len(text) > sent:  # generation ended: the held-back tail was not a stop string
+                yield text[sent:]
     finally:
         cancel.set()
         thread.join()

@@ -11,13 +11,12 @@ chat family from :mod:`helpers.prompts` (default ``alpaca``, the 1st-generation 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from .core import CourseError
 from .generation import GENERATION_DEFAULTS, generate, generation_kwargs, stream
-from .io import atomic_write_text
+from .io import write_json
 from .modeling import add_model_arguments, apply_model_arguments
 from .prompts import build_prompt, get_family, render, stop_strings
 
@@ -61,11 +60,8 @@ def predict(model, tokenizer, instructions: list[str], with_prompt: bool = True,
 
 def write_predictions(results: list[dict], predictions_file: str | Path, generation_config: dict) -> Path:
     """Write ``predictions_file`` (JSON list) and ``generation_config.json`` beside it; returns the JSON path."""
-    path = Path(predictions_file)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(results, ensure_ascii=False, indent=2) + "\n")
-    atomic_write_text(path.parent / "generation_config.json",
-                      json.dumps(generation_config, ensure_ascii=False, indent=2) + "\n")
+    path = write_json(predictions_file, results)
+    write_json(path.parent / "generation_config.json", generation_config)
     return path
 
 
@@ -109,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.infer ...``; returns the exit code (2 with a message on bad input)."""
+    from .tokenizer import TokenizerError
+
     args = build_parser().parse_args(argv)
     try:
         get_family(args.template)
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         from .modeling import load_model
 
         model, tokenizer = load_model(args.base_model, args.lora_model, args.tokenizer_path, **options)
-    except CourseError as e:
+    except (CourseError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     gen = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")}

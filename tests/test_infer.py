@@ -9,7 +9,7 @@ import pytest
 
 from helpers import infer
 from helpers.core import REPO_ROOT, CourseError
-from helpers.generation import GENERATION_DEFAULTS, generate
+from helpers.generation import GENERATION_DEFAULTS, generate, held_back, stream
 from helpers.prompts import ALPACA_TEMPLATE
 
 QUESTIONS = ["为什么要减少污染，保护环境？", "介绍一下北京", "写一首关于春天的诗", "hello",
@@ -73,6 +73,25 @@ def test_stop_strings_cut_answers(loaded):
     assert len(out) > 4
     cut = generate(model, tok, ["你好"], temperature=0, max_new_tokens=12, stop=[out[2:4]])[0]
     assert cut == out[:out.find(out[2:4])]
+
+
+def test_held_back_keeps_possible_stop_prefixes():
+    assert held_back("答案\n\n### ", ["### Instruction:"]) == 4
+    assert held_back("答案\n\n#", ["### Instruction:", "#!"]) == 1
+    assert held_back("答案。", ["### Instruction:"]) == 0 and held_back("x", None) == 0
+
+
+def test_stream_stops_at_a_string_split_across_pieces(loaded):
+    """A stop string that arrives in two streamed pieces leaves no trace of its first half."""
+    model, tok = loaded
+    prompt = infer.make_prompt("介绍一下北京", True)
+    pieces = list(stream(model, tok, prompt, temperature=0, max_new_tokens=24))
+    full = "".join(pieces)
+    assert len(pieces) > 2 and full == generate(model, tok, [prompt], temperature=0, max_new_tokens=24)[0]
+    end = len(pieces[0])  # the stop string straddles the first piece boundary
+    stop = full[end - 1:end + 1]
+    got = "".join(stream(model, tok, prompt, stop=[stop], temperature=0, max_new_tokens=24))
+    assert got == full[:full.find(stop)]
 
 
 @pytest.mark.slow
@@ -143,6 +162,8 @@ def test_cli_errors_exit_2(tiny_model, tmp_path, capsys):
     assert infer.main(["--base_model", str(tmp_path / "nope")]) == 2
     assert "--base_model" in capsys.readouterr().err
     assert infer.main(["--base_model", str(base), "--template", "nope"]) == 2
+    assert infer.main(["--base_model", str(base), "--tokenizer_path", str(tmp_path)]) == 2  # no tokenizer files
+    assert str(tmp_path) in capsys.readouterr().err
 
 
 def test_load_in_8bit_on_cpu_is_a_clear_error(tiny_model):
