@@ -66,6 +66,7 @@ class ChatEngine:
         with self.lock:
             if name != self.current:
                 self.model = self.tokenizer = None  # free the previous weights first
+                self.current = None  # a failed load must not leave the old name on an empty engine
                 self.model, self.tokenizer = self.loader(
                     self.base_model, self.adapters[name],
                     self.tokenizer_path, device=self.device, load_in_8bit=self.load_in_8bit)
@@ -142,9 +143,10 @@ def create_ui(engine: ChatEngine, title: str = "Chinese-LLaMA-Alpaca 对话") ->
             return msg, [], engine.template  # a new adapter (and tokenizer) starts a new conversation
 
         inputs = [chatbot, template, system, max_new_tokens, temperature, top_p, top_k, repetition_penalty]
-        query.submit(add_user, [query, chatbot], [query, chatbot], queue=False).then(bot, inputs, chatbot)
-        send.click(add_user, [query, chatbot], [query, chatbot], queue=False).then(bot, inputs, chatbot)
-        clear.click(lambda: [], None, chatbot, queue=False)
+        replies = [query.submit(add_user, [query, chatbot], [query, chatbot], queue=False).then(bot, inputs, chatbot),
+                   send.click(add_user, [query, chatbot], [query, chatbot], queue=False).then(bot, inputs, chatbot)]
+        # clear first stops an answer still streaming (else its next piece would bring the conversation back)
+        clear.click(None, None, None, queue=False, cancels=replies).then(lambda: [], None, chatbot, queue=False)
         adapter.change(switch, adapter, [status, chatbot, template])
     return demo
 
@@ -178,6 +180,9 @@ def parse_adapters(value: str | None) -> dict[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.webui ...``: serve until stopped; returns the exit code (2 with a message on bad input)."""
+    from .tokenizer import TokenizerError
+
     p = argparse.ArgumentParser(prog="python -m helpers.webui", description="Gradio chat UI for a course model")
     add_model_arguments(p, lora_help="one or more LoRA folders, comma-separated (switchable)")
     p.add_argument("--template", default=None, help=f"chat family, one of {family_names()}; default: guessed")
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             get_family(args.template)
         engine = ChatEngine(args.base_model, parse_adapters(args.lora_model), args.tokenizer_path, args.template,
                             **apply_model_arguments(args))
-    except CourseError as e:
+    except (CourseError, TokenizerError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"web UI on http://{args.host}:{args.port} (template {engine.template})", flush=True)

@@ -86,6 +86,26 @@ def test_cli_refuses_share_and_bad_paths(tmp_path, capsys, tiny_model):
     assert webui.main(["--base_model", str(base), "--lora_model", str(tmp_path / "missing")]) == 2
     assert "--lora_model" in capsys.readouterr().err
     assert webui.main(["--base_model", str(base), "--template", "nope"]) == 2
+    assert webui.main(["--base_model", str(base), "--tokenizer_path", str(tmp_path), "--only_cpu"]) == 2
+    assert str(tmp_path) in capsys.readouterr().err  # no tokenizer files there: a message, not a traceback
+
+
+def test_failed_adapter_load_leaves_no_stale_state():
+    """After a load that fails, the engine knows nothing is loaded and loads the next adapter for real."""
+    calls = []
+
+    def loader(base, lora, tokenizer_path, device=None, load_in_8bit=False):
+        calls.append(lora)
+        if lora == "broken":
+            raise CourseError("--lora_model broken: adapter_config.json is missing")
+        return object(), [0] * 7  # a stand-in model and a 7-token "tokenizer"
+
+    engine = webui.ChatEngine("base", {"good": "good", "broken": "broken"}, loader=loader)
+    with pytest.raises(CourseError, match="broken"):
+        engine.load("broken")
+    assert engine.current is None and engine.model is None
+    assert "good" in engine.load("good") and engine.current == "good"
+    assert calls == ["good", "broken", "good"]
 
 
 def _free_port() -> int:
@@ -166,10 +186,23 @@ def test_browser_chat_streams_an_answer(server, tmp_path):
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000
             print(f"screenshot: {shot}")
-            # clear empties the conversation
+            # clear empties the conversation; pressed while an answer streams, it also stops the generation
+            no_user = "() => !document.querySelector('#chatbot [data-testid=\"user\"]')"
+            answering = ("() => [...document.querySelectorAll('#chatbot [data-testid=\"bot\"]')]"
+                         ".some(b => b.innerText.trim().length > 0)")
             page.wait_for_timeout(500)
             page.locator("#clear").click()
-            page.wait_for_function("() => !document.querySelector('#chatbot [data-testid=\"user\"]')", timeout=30_000)
+            page.wait_for_function(no_user, timeout=30_000)
+            box.fill("你好")  # up to 400 new tokens: still streaming when clear is pressed at its first text
+            box.press("Enter")
+            page.wait_for_function(answering, timeout=60_000)
+            page.locator("#clear").click()
+            page.wait_for_function(no_user, timeout=30_000)
+            page.wait_for_timeout(1500)  # a generation left running would bring the conversation back
+            assert page.locator('#chatbot [data-testid="user"]').count() == 0
+            box.fill("再见")  # the stopped generation released the model: the next question is answered
+            box.press("Enter")
+            page.wait_for_function(answering, timeout=60_000)
         finally:
             browser.close()
 
