@@ -37,10 +37,8 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     model, tok = load_model(tiny.hf_model(), tiny.lora_adapters()["alpaca"], device="cpu")
-    src = DATA_DIR / "instructions_zh.txt"
-    instructions = (read_instructions(src) if src.exists() else
-                    [x for x in (DATA_DIR / "zh_heldout.txt").read_text(encoding="utf-8").splitlines() if x])
-    instructions = (instructions * (args.n // max(len(instructions), 1) + 1))[:args.n]
+    instructions = read_instructions(DATA_DIR / "instructions_zh.txt")  # repeated up to --n
+    instructions = (instructions * (args.n // len(instructions) + 1))[:args.n]
     prompts = [make_prompt(x, True) for x in instructions]
     results: dict[int, list[str]] = {}
 

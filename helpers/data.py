@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .core import CourseError
+from .io import read_json
 from .prompts import ALPACA2_SYSTEM, TEMPLATES, build_prompt, join_instruction
 
 IGNORE_INDEX = -100
@@ -48,10 +49,9 @@ def read_json_records(path: str | Path) -> list:
     path = Path(path)
     if not path.is_file():
         raise CourseError(f"{path}: file not found (check --dataset_dir / --validation_file)")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".jsonl":
         records = []
-        for n, line in enumerate(text.splitlines()):
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
             if not line.strip():
                 continue
             try:
@@ -59,10 +59,7 @@ def read_json_records(path: str | Path) -> list:
             except json.JSONDecodeError as e:
                 raise CourseError(f"{path}: line {n + 1} (record {len(records)}): invalid JSON: {e.msg}") from e
         return records
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CourseError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from e
+    obj = read_json(path)
     if isinstance(obj, dict) and isinstance(obj.get("data"), list):
         obj = obj["data"]
     if not isinstance(obj, list):
@@ -311,6 +308,14 @@ def cache_key(*parts) -> str:
     return h.hexdigest()[:16]
 
 
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A short SHA256 of the tokenizer's whole definition (pieces, merges, normalizer, BOS/EOS ids), for cache keys:
+    a retrained tokenizer of the same size must not reuse data tokenized with the old one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+    return cache_key(spec, tokenizer.bos_token_id, tokenizer.eos_token_id)
+
+
 def cached(data_cache_dir: str | Path | None, key: str, build):
     """``build()`` -> (Dataset, TokenStats), saved to / loaded from ``data_cache_dir/key`` when a cache dir is given."""
     from datasets import load_from_disk
@@ -320,7 +325,7 @@ def cached(data_cache_dir: str | Path | None, key: str, build):
     target = Path(data_cache_dir) / key
     stats_file = target / "token_stats.json"
     if stats_file.is_file():
-        return load_from_disk(str(target / "dataset")), TokenStats(**json.loads(stats_file.read_text(encoding="utf-8")))
+        return load_from_disk(str(target / "dataset")), TokenStats(**read_json(stats_file))
     from .io import atomic_dir, write_json
 
     ds, stats = build()

@@ -53,7 +53,8 @@ def build_prompt(instruction: str, input_text: str | None = None, template: str 
                  system_prompt: str | None = None) -> str:
     """The single-turn prompt for ``instruction`` (+ optional ``input``) with a named template."""
     if template not in TEMPLATES:
-        raise ValueError(f"unknown template {template!r}; choose one of {sorted(TEMPLATES)}")
+        raise CourseError(f"prompt template {template!r} is unknown: choose one of {sorted(TEMPLATES)} "
+                          "(chat families such as chinese-alpaca-2 go through render())")
     text = join_instruction(instruction, input_text)
     if template == "alpaca2":
         return ALPACA2_TEMPLATE.format(system_prompt=system_prompt or ALPACA2_SYSTEM, instruction=text)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import CourseError
+from .io import read_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DS_ZERO2 = ASSETS / "ds_zero2_no_offload.json"
@@ -245,12 +245,14 @@ def build_datasets(stage: str, dargs: DataArguments, tokenizer, seed: int):
     """``(train_dataset, eval_dataset | None, TokenStats)`` for ``stage``."""
     from . import data
 
+    tok_key = data.tokenizer_fingerprint(tokenizer)
+
     def one(paths):
         if stage == "pt":
-            key = data.cache_key("pt", *paths, dargs.text_column, dargs.block_size, len(tokenizer), tokenizer.eos_token)
+            key = data.cache_key("pt", *paths, dargs.text_column, dargs.block_size, tok_key)
             return data.cached(dargs.data_cache_dir, key, lambda: data.tokenize_pt(
                 data.load_pt_texts(paths, dargs.text_column, dargs.data_cache_dir), tokenizer, dargs.block_size))
-        key = data.cache_key("sft", *paths, dargs.prompt_template, dargs.max_seq_length, len(tokenizer))
+        key = data.cache_key("sft", *paths, dargs.prompt_template, dargs.max_seq_length, tok_key)
         return data.cached(dargs.data_cache_dir, key, lambda: data.tokenize_sft(
             data.load_sft_records(paths), tokenizer, dargs.max_seq_length, dargs.prompt_template))
 
@@ -294,7 +296,7 @@ def plot_loss(log_history: list[dict] | str | Path, ax=None, title: str | None =
     import matplotlib.pyplot as plt
 
     if isinstance(log_history, (str, Path)):
-        log_history = json.loads(Path(log_history).read_text(encoding="utf-8"))
+        log_history = read_json(log_history)
     if ax is None:
         _, ax = plt.subplots(figsize=(5, 3))
     for key, label in (("loss", "train"), ("eval_loss", "eval")):

@@ -149,6 +149,25 @@ def test_cache_roundtrip(tmp_path, tok):
     assert len(calls) == 1 and a["input_ids"] == b["input_ids"] and sa == sb
 
 
+def test_tokenizer_fingerprint_changes_with_the_tokenizer_not_its_size(tmp_path, tok):
+    """The tokenized-data cache key: same tokenizer -> same key; same size but other pieces -> a new key."""
+    import shutil
+
+    from helpers import tiny
+    from helpers.tokenizer import load_tokenizer
+
+    src = tiny.merged_tokenizers()["alpaca_hf"]
+    assert data.tokenizer_fingerprint(load_tokenizer(src)) == data.tokenizer_fingerprint(tok)
+    copy = shutil.copytree(src, tmp_path / "tok")
+    spec = json.loads((copy / "tokenizer.json").read_text(encoding="utf-8"))
+    vocab = spec["model"]["vocab"]
+    vocab["ic"], vocab["ro"] = vocab["ro"], vocab["ic"]  # two pieces trade ids: a different tokenizer
+    _write(copy / "tokenizer.json", spec)
+    other = load_tokenizer(copy)
+    assert len(other) == len(tok) and other("ic")["input_ids"] != tok("ic")["input_ids"]
+    assert data.tokenizer_fingerprint(other) != data.tokenizer_fingerprint(tok)
+
+
 def test_flatten_packing_has_no_cross_contamination(tok):
     """Packed logits equal the logits of each example alone: the block-diagonal mask from position_ids works."""
     import torch

@@ -21,7 +21,7 @@ def tok():
 def test_build_prompt_templates_unchanged():
     assert P.build_prompt("写诗", "关于春天") == P.ALPACA_TEMPLATE.format(instruction="写诗\n关于春天")
     assert P.build_prompt("写诗", template="alpaca2").startswith("[INST] <<SYS>>\nYou are a helpful assistant.")
-    with pytest.raises(ValueError):
+    with pytest.raises(CourseError, match=r"'nope'.*choose one of \['alpaca', 'alpaca2'\]"):
         P.build_prompt("x", template="nope")
 
 
