@@ -32,7 +32,7 @@ from fastapi import Request  # module level: route annotations are resolved from
 from pydantic import BaseModel, ConfigDict, Field
 
 from .core import CourseError
-from .generation import generation_kwargs
+from .generation import generation_kwargs, held_back
 from .modeling import add_model_arguments, apply_model_arguments
 from .prompts import get_family, render
 
@@ -185,17 +185,6 @@ class Stats:
         return {k: getattr(self, k) for k in ("requests", "completed", "cancelled", "errors", "last_tokens")}
 
 
-def _held_back(text: str, stops: list[str]) -> int:
-    """How many trailing characters of ``text`` might be the start of a stop string (not sent yet)."""
-    keep = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                keep = max(keep, k)
-                break
-    return keep
-
-
 class Engine:
     """Runs generations and embeddings one at a time on a single worker thread.
 
@@ -265,7 +254,7 @@ class Engine:
                 state["text"] = text
                 if on_text is None:
                     return
-                safe = len(text) if state["stopped"] else len(text) - _held_back(text, stop)
+                safe = len(text) if state["stopped"] else len(text) - held_back(text, stop)
                 if text.endswith("\ufffd") and not state["stopped"]:
                     safe = min(safe, len(text) - 1)  # half of a multi-byte character
                 due = not state["sent"] or state["stopped"] or now - state["flushed"] >= flush_interval
