@@ -83,10 +83,55 @@ def detect_platform() -> str:
     return "local"
 
 
-COLAB_INSTALL = (
-    "pip install -q 'git+https://github.com/<your-fork>/hands-on-chinese-llama-alpaca'  "
-    "# or: git clone the course, cd into it, pip install -e ."
-)
+DIST_NAME = "hands-on-chinese-llama-alpaca"
+# Colab's own CUDA build of torch is the one to use there; everything else must match the course's pins.
+COLAB_KEEP = {"torch"}
+
+
+def pinned_requirements() -> list[str]:
+    """The course's ``name==version`` pins (installed metadata, else ``pyproject.toml``), extras excluded."""
+    from importlib import metadata
+
+    try:
+        reqs = metadata.requires(DIST_NAME) or []
+    except metadata.PackageNotFoundError:  # running from a checkout that was not pip-installed
+        import tomllib
+
+        reqs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
+    return [r.split(";")[0].strip() for r in reqs if "extra ==" not in r and "==" in r]
+
+
+def missing_requirements(skip: set[str] = frozenset()) -> list[str]:
+    """Pins that are not installed at exactly that version (what the Colab install step installs)."""
+    from importlib import metadata
+
+    out = []
+    for req in pinned_requirements():
+        name, version = req.split("==", 1)
+        if name.lower() in skip:
+            continue
+        try:
+            if metadata.version(name) != version:
+                out.append(req)
+        except metadata.PackageNotFoundError:
+            out.append(req)
+    return out
+
+
+def colab_install(run=None) -> list[str]:
+    """Colab's install step: pip-install the pins Colab lacks (keeping its CUDA torch); returns them.
+
+    Colab preinstalls other versions of transformers, peft, ...; after an upgrade restart the runtime
+    (Runtime > Restart session) and run the notebook again.
+    """
+    import subprocess
+
+    missing = missing_requirements(skip=COLAB_KEEP)
+    if missing:
+        print("Colab: installing the course's pinned versions:", " ".join(missing))
+        (run or subprocess.check_call)([sys.executable, "-m", "pip", "install", "-q", *missing])
+        print("Installed. Restart the runtime (Runtime > Restart session), then run this notebook again.")
+    return missing
 
 
 def pick_device() -> str:
@@ -160,8 +205,8 @@ def setup(profile: str | None = None, seed: int = 42, quiet: bool = False, insta
     prof = get_profile(profile)
     where = detect_platform()
     set_offline(prof == "tiny" or os.environ.get("CI") == "true")
-    if where == "colab" and install_on_colab and prof == "real":  # pragma: no cover - Colab only
-        print("Colab detected; install step:", COLAB_INSTALL)
+    if where == "colab" and install_on_colab:
+        colab_install()
     set_seed(seed)
     if prof == "tiny":
         quiet_libraries()

@@ -75,3 +75,30 @@ def test_read_json_names_file_and_position(tmp_path):
     bad.write_text('{"a": 1,}', encoding="utf-8")
     with pytest.raises(core.CourseError, match=r"bad.json: invalid JSON at line 1"):
         io.read_json(bad)
+
+
+def test_colab_install_step_installs_only_mismatched_pins(monkeypatch):
+    from importlib import metadata
+
+    pins = core.pinned_requirements()
+    assert "transformers==5.23.0" in pins and all("==" in p for p in pins)
+    assert core.missing_requirements(skip=core.COLAB_KEEP) == []  # this environment follows the pins
+    real_version = metadata.version
+
+    def colab_versions(name):  # Colab ships other versions of some packages and lacks others
+        return {"transformers": "4.57.0", "torch": "2.9.0+cu126"}.get(name) or (
+            real_version(name) if name != "gguf" else (_ for _ in ()).throw(metadata.PackageNotFoundError(name)))
+
+    monkeypatch.setattr(metadata, "version", colab_versions)
+    calls = []
+    missing = core.colab_install(run=calls.append)
+    assert missing == ["transformers==5.23.0", "gguf==0.19.0"]  # torch: Colab's CUDA build is kept
+    assert calls and calls[0][-2:] == missing and calls[0][1:4] == ["-m", "pip", "install"]
+
+
+def test_setup_runs_the_install_step_on_colab(monkeypatch, tmp_path):
+    monkeypatch.setenv("COURSE_WORKSPACE", str(tmp_path))
+    monkeypatch.setattr(core, "detect_platform", lambda: "colab")
+    seen = []
+    monkeypatch.setattr(core, "colab_install", lambda: seen.append(True) or [])
+    assert core.setup("tiny", quiet=True).platform == "colab" and seen == [True]
