@@ -41,6 +41,14 @@ def data_lines():
 
 
 @pytest.fixture(scope="session")
+def tiny_model():
+    """``(base model folder, {"llama": LoRA, "alpaca": LoRA})`` for the inference and web UI tests."""
+    from helpers import tiny
+
+    return tiny.hf_model(), tiny.lora_adapters()
+
+
+@pytest.fixture(scope="session")
 def model_tok():
     """The tiny model + Chinese-Alpaca tokenizer used by the LangChain steps (rag, summarize)."""
     from helpers import rag

@@ -9,21 +9,21 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
+def tiny_base():
     from helpers import tiny
 
     return tiny.hf_model()
 
 
 @pytest.fixture(scope="module")
-def client(tiny_model):
+def client(tiny_base):
     """In-process app with an API key (no server): for error handling."""
     from fastapi.testclient import TestClient
 
     from helpers.api import create_app
     from helpers.modeling import load_model
 
-    model, tok = load_model(tiny_model, device="cpu")
+    model, tok = load_model(tiny_base, device="cpu")
     app = create_app(model, tok, model_name="tiny", api_key="sk-test")
     with TestClient(app) as c:
         c.headers["Authorization"] = "Bearer sk-test"
@@ -31,11 +31,11 @@ def client(tiny_model):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model):
+def server(tiny_base):
     """``python -m helpers.api`` as a real uvicorn subprocess (helpers.api.start_server); yields its base URL."""
     from helpers.api import start_server
 
-    srv = start_server(tiny_model, extra=["--model_name", "tiny-alpaca"], env={"OMP_NUM_THREADS": "1"})
+    srv = start_server(tiny_base, extra=["--model_name", "tiny-alpaca"], env={"OMP_NUM_THREADS": "1"})
     yield srv.url
     assert srv.stop() in (0, -15)
     assert srv.proc.poll() is not None and not Path(srv.log.name).exists()  # process ended, log file removed

@@ -17,13 +17,6 @@ QUESTIONS = ["为什么要减少污染，保护环境？", "介绍一下北京",
 
 
 @pytest.fixture(scope="module")
-def tiny_model():
-    from helpers import tiny
-
-    return tiny.hf_model(), tiny.lora_adapters()
-
-
-@pytest.fixture(scope="module")
 def loaded(tiny_model):
     from helpers.modeling import load_model
 

@@ -2,7 +2,6 @@
 flags, and a real browser session against the real server (headless Debian chromium via Playwright)."""
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -12,19 +11,13 @@ from pathlib import Path
 import pytest
 
 from helpers import webui
+from helpers.api import free_port
 from helpers.core import REPO_ROOT, CourseError
 from helpers.prompts import build_prompt
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    from helpers import tiny
-
-    return tiny.hf_model(), tiny.lora_adapters()
 
 
 @pytest.fixture(scope="module")
@@ -108,17 +101,11 @@ def test_failed_adapter_load_leaves_no_stale_state():
     assert calls == ["good", "broken", "good"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
     """The real UI server (python -m helpers.webui) on 127.0.0.1 and a free port."""
     base, loras = tiny_model
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("webui") / "server.log"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w", encoding="utf-8") as fh:
