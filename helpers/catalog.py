@@ -1,0 +1,251 @@
+"""The one table of real models: repo id -> config facts, chat family, published files, resources.
+
+Everything the course says about a released model is read from here: notebook 00's resource table, the
+notebooks' real sections (which repo, which template), :mod:`helpers.hub` (which files to download),
+:mod:`helpers.standin` (the offline stand-in hub writes these configs and file layouts), the export size
+estimates and the LoRA budgets of step 07.
+
+Facts are the published ``config.json`` / ``adapter_config.json`` values of each repository (checked against the
+Chinese-LLaMA-Alpaca-2 model cards); resource figures are *estimates* from the parameter count unless a
+measurement is named (the rehearsal's figures live in ``benchmarks/README.md``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .core import CourseError
+
+# The LLaMA-2 architecture fields every course model shares (config.json of the hfl releases).
+_LLAMA2 = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", bos_token_id=1,
+               eos_token_id=2, pad_token_id=0, initializer_range=0.02, rms_norm_eps=1e-05, rope_theta=10000.0,
+               max_position_embeddings=4096, tie_word_embeddings=False, torch_dtype="float16", pretraining_tp=1,
+               attention_bias=False)
+_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+           num_key_value_heads=32)
+_1_3B = dict(_7B, num_hidden_layers=4)
+CHINESE_VOCAB = 55296      # Chinese-LLaMA-2 / Chinese-Alpaca-2 tokenizer (LLaMA's 32000 + 23296 Chinese pieces)
+LLAMA_VOCAB = 32000        # LLaMA / Llama-2 SentencePiece vocabulary
+LLAMA2_LICENCE = "https://huggingface.co/meta-llama/Llama-2-7b-hf (accept the Llama 2 Community License there)"
+
+# The seven projections the Chinese-LLaMA-Alpaca-2 LoRAs train (scripts/training/run_sft.sh).
+LORA_TARGETS = ("q_proj", "v_proj", "k_proj", "o_proj", "gate_proj", "down_proj", "up_proj")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+@dataclass(frozen=True)
+class RealModel:
+    """One released repository. ``weights`` are the weight files as published (the stand-in writes the same
+    names); ``family`` is the prompt family of :mod:`helpers.prompts` (``llama`` = plain continuation)."""
+
+    repo_id: str
+    kind: str                                  # base | chat | lora | embedding
+    family: str | None
+    config: dict
+    weights: tuple[str, ...]
+    base: str | None = None                    # LoRA: the model it was trained on
+    lora: dict | None = None                   # LoRA: r, lora_alpha, target_modules, modules_to_save
+    gated: bool = False
+    licence: str = "Apache-2.0 code; weights under the Llama 2 Community License"
+    modelscope: str | None = None              # the same weights on ModelScope (users in China)
+    notes: str = ""
+    extra_files: tuple[str, ...] = ()          # other files in the repo (not downloaded unless asked)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.get("vocab_size", 0))
+
+    @property
+    def context(self) -> int:
+        """Usable context in tokens: ``max_position_embeddings`` times a linear rope-scaling factor."""
+        scaling = self.config.get("rope_scaling") or {}
+        factor = float(scaling.get("factor", 1)) if scaling.get("type", scaling.get("rope_type")) == "linear" else 1
+        return int(self.config.get("max_position_embeddings", 0) * factor)
+
+    @property
+    def short_name(self) -> str:
+        return self.repo_id.rsplit("/", 1)[-1]
+
+
+def _llama(repo, kind, family, shape, vocab=CHINESE_VOCAB, weights=("model.safetensors",), **kw) -> RealModel:
+    cfg = dict(_LLAMA2, **shape, vocab_size=vocab)
+    cfg.update(kw.pop("config", {}))
+    return RealModel(repo, kind, family, cfg, tuple(weights), **kw)
+
+
+_SHARDED_BIN = ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json")
+_SHARDED_ST = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json")
+_16K = {"rope_scaling": {"type": "linear", "factor": 4.0}}
+_LORA_7B = dict(r=64, lora_alpha=128, lora_dropout=0.05, target_modules=list(LORA_TARGETS),
+                modules_to_save=["embed_tokens", "lm_head"])
+
+MODELS: dict[str, RealModel] = {m.repo_id: m for m in [
+    _llama("hfl/chinese-llama-2-1.3b", "base", "llama", _1_3B, modelscope="ChineseAlpacaGroup/chinese-llama-2-1.3b",
+           notes="4 layers of the 7B width: released as a draft model for speculative decoding; weak on its own"),
+    _llama("hfl/chinese-alpaca-2-1.3b", "chat", "chinese-alpaca-2", _1_3B,
+           modelscope="ChineseAlpacaGroup/chinese-alpaca-2-1.3b",
+           notes="4 layers: answers are short and often wrong; use it to learn the pipeline, 7B for quality"),
+    _llama("hfl/chinese-llama-2-7b", "base", "llama", _7B, weights=_SHARDED_BIN,
+           modelscope="ChineseAlpacaGroup/chinese-llama-2-7b"),
+    _llama("hfl/chinese-alpaca-2-7b", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN,
+           modelscope="ChineseAlpacaGroup/chinese-alpaca-2-7b"),
+    _llama("hfl/chinese-llama-2-7b-16k", "base", "llama", _7B, weights=_SHARDED_BIN, config=_16K,
+           notes="position interpolation: rope_scaling linear x4 -> 16K context"),
+    _llama("hfl/chinese-alpaca-2-7b-16k", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN, config=_16K,
+           notes="position interpolation: rope_scaling linear x4 -> 16K context"),
+    _llama("meta-llama/Llama-2-7b-hf", "base", "llama", _7B, vocab=LLAMA_VOCAB, weights=_SHARDED_ST,
+           extra_files=_SHARDED_BIN, gated=True, licence=LLAMA2_LICENCE,
+           modelscope="shakechen/Llama-2-7b-hf",
+           notes="gated: accept the licence on the model page, then set HF_TOKEN; publishes .bin and .safetensors"),
+    RealModel("hfl/chinese-alpaca-2-lora-7b", "lora", "chinese-alpaca-2",
+              dict(_LLAMA2, **_7B, vocab_size=CHINESE_VOCAB), ("adapter_model.bin", "adapter_config.json"),
+              base="meta-llama/Llama-2-7b-hf", lora=_LORA_7B,
+              notes="LoRA r=64 on all 7 projections + full 55296-row embed_tokens/lm_head (modules_to_save); "
+                    "merge onto the original Llama-2-7b-hf"),
+    RealModel("hfl/chinese-llama-2-lora-7b", "lora", "llama",
+              dict(_LLAMA2, **_7B, vocab_size=CHINESE_VOCAB), ("adapter_model.bin", "adapter_config.json"),
+              base="meta-llama/Llama-2-7b-hf", lora=_LORA_7B),
+    RealModel("BAAI/bge-small-zh-v1.5", "embedding", None,
+              dict(architectures=["BertModel"], model_type="bert", hidden_size=512, intermediate_size=2048,
+                   num_hidden_layers=4, num_attention_heads=8, vocab_size=21128, max_position_embeddings=512,
+                   type_vocab_size=2, hidden_act="gelu", layer_norm_eps=1e-12, hidden_dropout_prob=0.1,
+                   attention_probs_dropout_prob=0.1, initializer_range=0.02, pad_token_id=0,
+                   torch_dtype="float32"),
+              ("model.safetensors",), licence="MIT", modelscope="BAAI/bge-small-zh-v1.5",
+              extra_files=("pytorch_model.bin",),
+              notes="Chinese sentence embedding (512 dims, CLS pooling, normalized) for step 08"),
+]}
+
+# Which model plays which role in the notebooks' real sections.
+ROLES = {
+    "llama_base": "hfl/chinese-llama-2-1.3b",
+    "alpaca": "hfl/chinese-alpaca-2-1.3b",
+    "alpaca_7b": "hfl/chinese-alpaca-2-7b",
+    "alpaca_16k": "hfl/chinese-alpaca-2-7b-16k",
+    "llama2_base": "meta-llama/Llama-2-7b-hf",
+    "alpaca_lora": "hfl/chinese-alpaca-2-lora-7b",
+    "embedding": "BAAI/bge-small-zh-v1.5",
+}
+
+
+def get(repo_or_role: str) -> RealModel:
+    """The :class:`RealModel` for a repo id or a role name (``alpaca``, ``llama_base``, ...)."""
+    key = ROLES.get(repo_or_role, repo_or_role)
+    if key not in MODELS:
+        raise CourseError(f"model {repo_or_role!r} is not in the course's table (helpers.catalog.MODELS): "
+                          f"choose one of {sorted(MODELS)} or a role {sorted(ROLES)}")
+    return MODELS[key]
+
+
+def template_for(repo_or_path: str) -> str:
+    """The prompt family for a released model (from the table), else what :func:`helpers.prompts.get_family`
+    infers from a folder name; never a hand-picked template for a model the table knows."""
+    from .prompts import get_family
+
+    key = str(repo_or_path)
+    for repo, model in MODELS.items():
+        if model.family and (key == repo or key.rstrip("/").endswith("/" + model.short_name)
+                             or key == model.short_name):
+            return model.family
+    return get_family(key).name
+
+
+# --------------------------------------------------------------------------- sizes
+def param_count(cfg: dict) -> int:
+    """Parameters of a LLaMA with config ``cfg`` (embeddings, attention with GQA, MLP, norms, lm_head)."""
+    v, h, f, n = (int(cfg[k]) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"))
+    kv = h // int(cfg["num_attention_heads"]) * int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+    per_layer = 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h
+    heads = 1 if cfg.get("tie_word_embeddings") else 2
+    return heads * v * h + n * per_layer + h
+
+
+def lora_param_count(cfg: dict, r: int, targets=LORA_TARGETS, modules_to_save=("embed_tokens", "lm_head")) -> int:
+    """Trainable parameters of a LoRA of rank ``r`` on ``targets`` plus full copies of ``modules_to_save``."""
+    h, f, n = (int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
+    kv = h // int(cfg["num_attention_heads"]) * int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+    dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, f),
+            "up_proj": (h, f), "down_proj": (f, h)}
+    lora = n * sum(r * (dims[t][0] + dims[t][1]) for t in targets)
+    return lora + len(modules_to_save) * int(cfg["vocab_size"]) * h
+
+
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
+GIB = 2 ** 30
+
+
+def weights_gib(repo_or_cfg, dtype: str = "float16") -> float:
+    """GiB of the model's weights at ``dtype`` (``float32``, ``bfloat16``, ``float16``, ``int8``, ``int4``)."""
+    cfg = repo_or_cfg if isinstance(repo_or_cfg, dict) else get(repo_or_cfg).config
+    return param_count(cfg) * BYTES[dtype] / GIB
+
+
+@dataclass
+class Need:
+    """What one step needs for one model: GiB of GPU memory, RAM and disk, and the time as text."""
+
+    step: str
+    model: str
+    gpu_gib: float
+    ram_gib: float
+    disk_gib: float
+    time: str
+    how: str = "estimate"
+    notes: str = field(default="")
+
+
+def step_needs(repo: str) -> list[Need]:
+    """Per-notebook needs for ``repo`` in the real profile, estimated from its parameter count (fp16 weights).
+
+    Rules (estimates, said so in the table): inference = weights x 1.2 (KV cache, activations at 4K tokens);
+    streaming merge/convert RAM = the largest shard + 1 GiB; LoRA training = weights + 16 bytes per trainable
+    parameter (fp32 master, grad, two AdamW moments) + 2 GiB activations with gradient checkpointing.
+    """
+    m = get(repo)
+    w = weights_gib(m.config)
+    b = param_count(m.config) / 1e9
+    lora = lora_param_count(m.config, 64) * 16 / GIB
+    gguf_f16, gguf_q4 = w, param_count(m.config) * 4.5 / 8 / GIB
+    name = m.short_name
+    return [
+        Need("02_convert_llama", name, 0, round(w / 2 + 1, 1), round(2 * w, 1), f"~{max(1, round(b))} min (disk bound)",
+             notes="pth shards + HF copy on disk"),
+        Need("03_extend_vocab", name, 0, 2, 0.01, "5-30 min (SentencePiece on your corpus)"),
+        Need("04_merge_lora", name, 0, round(w / 2 + 1, 1), round(w, 1), f"~{max(1, round(b * 0.6))} min",
+             notes="streaming: one shard resident"),
+        Need("05_inference", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "seconds per answer",
+             notes=f"8-bit: {w / 2 * 1.2:.1f} GiB, 4-bit: {w / 4 * 1.2:.1f} GiB"),
+        Need("06_webui", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "interactive"),
+        Need("07_pretrain_and_sft_lora", name, round(w + lora + 2, 1), round(w + 2, 1), round(lora / 8 + 0.1, 1),
+             "hours (100 steps of 8x512 tokens: ~10-30 min)", notes="LoRA r=64 + embeddings; QLoRA 4-bit saves "
+             f"{w * 0.75:.1f} GiB"),
+        Need("08_langchain_qa", name, round(w * 1.2 + 0.2, 1), round(w + 1, 1), round(w + 0.1, 1),
+             "seconds per question", notes="+ bge-small-zh embedding (0.1 GiB)"),
+        Need("09_langchain_summarize", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "~1 min per document"),
+        Need("10_openai_api", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "serving"),
+        Need("11_export_deploy", name, 0, round(w / 2 + 1, 1), round(gguf_f16 + gguf_q4 + w, 1),
+             f"~{max(1, round(b))} min per format", notes="f16 GGUF + q4 GGUF beside the HF folder"),
+    ]
+
+
+def needs_table(repos=("hfl/chinese-alpaca-2-1.3b", "hfl/chinese-alpaca-2-7b")):
+    """:func:`step_needs` for several models as one DataFrame (notebook 00)."""
+    import pandas as pd
+
+    rows = [vars(n) for repo in repos for n in step_needs(repo)]
+    return pd.DataFrame(rows).set_index(["step", "model"]).sort_index()
+
+
+def facts_table():
+    """The table's config facts, one row per repository (notebook 00)."""
+    import pandas as pd
+
+    rows = []
+    for m in MODELS.values():
+        c = m.config
+        rows.append({"repo": m.repo_id, "kind": m.kind, "family": m.family or "-", "vocab": c.get("vocab_size"),
+                     "layers": c.get("num_hidden_layers"), "hidden": c.get("hidden_size"), "context": m.context,
+                     "rope_scaling": (c.get("rope_scaling") or {}).get("type", "-"),
+                     "params_B": round(param_count(c) / 1e9, 2) if m.kind in ("base", "chat") else "-",
+                     "fp16_GiB": round(weights_gib(c), 1) if m.kind in ("base", "chat") else "-",
+                     "gated": m.gated})
+    return pd.DataFrame(rows).set_index("repo")
