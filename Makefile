@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first: on these machines `torch==2.13.0` is the CPU build on local disk
 	$(PY) -m pip install --quiet torch==2.13.0
-	# llama-cpp-python compiles llama.cpp (~4-8 min on 2 cores); the multimodal part is not needed
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -e ".[test]"
+	# everything: the light set + [test] + [export] + [lab] (Colab/AutoDL take the light set: README)
+	# [export]'s llama-cpp-python compiles llama.cpp (~4-8 min on 2 cores); the multimodal part is not needed
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -e ".[test,export,lab]"
 	# fastllm runtime for step 11: its wheel carries a CPU library; --no-deps skips its CUDA runtime wheels
 	$(PY) -m pip install --quiet --no-deps ftllm==1.9.0
 	touch $(STAMP)

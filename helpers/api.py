@@ -31,6 +31,7 @@ from typing import Any, Literal
 from fastapi import Request  # module level: route annotations are resolved from module globals
 from pydantic import BaseModel, ConfigDict, Field
 
+from .catalog import repo_of, template_or_default
 from .core import CourseError
 from .generation import generation_kwargs, held_back
 from .modeling import add_model_arguments, apply_model_arguments
@@ -745,8 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="bind address (0.0.0.0 exposes the server: set --api_key)")
     p.add_argument("--api_key", default=None, help="require 'Authorization: Bearer <key>' on /v1 requests")
     p.add_argument("--model_name", default=None, help="name reported by /v1/models (default: folder name)")
-    p.add_argument("--template", default="alpaca",
-                   help="chat family of helpers.prompts: alpaca (Chinese-Alpaca), alpaca2 (Chinese-Alpaca-2), ...")
+    p.add_argument("--template", default=None,
+                   help="chat family of helpers.prompts: alpaca (Chinese-Alpaca), alpaca2 (Chinese-Alpaca-2), ...; "
+                        "default: the model's own (helpers.catalog), else alpaca")
     return p
 
 
@@ -762,8 +764,10 @@ def main(argv: list[str] | None = None) -> int:
                 and (Path(tok_path).parent / "tokenizer_config.json").is_file():
             tok_path = str(Path(tok_path).parent)  # the seed passes tokenizer.model: prefer the saved HF tokenizer
         model, tokenizer = load_model(args.base_model, args.lora_model, tok_path, **options)
-        name = args.model_name or Path(str(args.lora_model or args.base_model)).name or "chinese-alpaca"
-        app = create_app(model, tokenizer, model_name=name, api_key=args.api_key, template=args.template)
+        source = str(args.lora_model or args.base_model)
+        name = args.model_name or Path(repo_of(source)).name or "chinese-alpaca"
+        app = create_app(model, tokenizer, model_name=name, api_key=args.api_key,
+                         template=template_or_default(source, args.template))
     except (CourseError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

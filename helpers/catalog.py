@@ -23,6 +23,8 @@ _LLAMA2 = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_ac
 _7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
            num_key_value_heads=32)
 _1_3B = dict(_7B, num_hidden_layers=4)
+_13B = dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+            num_key_value_heads=40)
 CHINESE_VOCAB = 55296      # Chinese-LLaMA-2 / Chinese-Alpaca-2 tokenizer (LLaMA's 32000 + 23296 Chinese pieces)
 LLAMA_VOCAB = 32000        # LLaMA / Llama-2 SentencePiece vocabulary
 LLAMA2_LICENCE = "https://huggingface.co/meta-llama/Llama-2-7b-hf (accept the Llama 2 Community License there)"
@@ -73,6 +75,7 @@ def _llama(repo, kind, family, shape, vocab=CHINESE_VOCAB, weights=("model.safet
 
 
 _SHARDED_BIN = ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin", "pytorch_model.bin.index.json")
+_SHARDED_BIN_3 = tuple(f"pytorch_model-0000{i}-of-00003.bin" for i in (1, 2, 3)) + ("pytorch_model.bin.index.json",)
 _SHARDED_ST = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json")
 _16K = {"rope_scaling": {"type": "linear", "factor": 4.0}}
 _LORA_7B = dict(r=64, lora_alpha=128, lora_dropout=0.05, target_modules=list(LORA_TARGETS),
@@ -88,6 +91,8 @@ MODELS: dict[str, RealModel] = {m.repo_id: m for m in [
            modelscope="ChineseAlpacaGroup/chinese-llama-2-7b"),
     _llama("hfl/chinese-alpaca-2-7b", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN,
            modelscope="ChineseAlpacaGroup/chinese-alpaca-2-7b"),
+    _llama("hfl/chinese-alpaca-2-13b", "chat", "chinese-alpaca-2", _13B, weights=_SHARDED_BIN_3,
+           modelscope="ChineseAlpacaGroup/chinese-alpaca-2-13b"),
     _llama("hfl/chinese-llama-2-7b-16k", "base", "llama", _7B, weights=_SHARDED_BIN, config=_16K,
            notes="position interpolation: rope_scaling linear x4 -> 16K context"),
     _llama("hfl/chinese-alpaca-2-7b-16k", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN, config=_16K,
@@ -136,17 +141,37 @@ def get(repo_or_role: str) -> RealModel:
     return MODELS[key]
 
 
+def repo_of(path_or_repo: str) -> str:
+    """The repo id behind a Hugging Face cache path (``.../models--hfl--chinese-alpaca-2-1.3b/snapshots/<sha>``
+    -> ``hfl/chinese-alpaca-2-1.3b``); anything else is returned unchanged."""
+    for part in reversed(str(path_or_repo).replace("\\", "/").split("/")):
+        if part.startswith("models--"):
+            return part[len("models--"):].replace("--", "/")
+    return str(path_or_repo)
+
+
 def template_for(repo_or_path: str) -> str:
-    """The prompt family for a released model (from the table), else what :func:`helpers.prompts.get_family`
-    infers from a folder name; never a hand-picked template for a model the table knows."""
+    """The prompt family for a released model (from the table; a hub cache path counts as its repo id), else
+    what :func:`helpers.prompts.get_family` infers from a folder name; never a hand-picked template for a
+    model the table knows. Raises ``CourseError`` when nothing is known."""
     from .prompts import get_family
 
-    key = str(repo_or_path)
+    key = repo_of(repo_or_path).rstrip("/")
     for repo, model in MODELS.items():
-        if model.family and (key == repo or key.rstrip("/").endswith("/" + model.short_name)
-                             or key == model.short_name):
+        if model.family and (key == repo or key.endswith("/" + model.short_name) or key == model.short_name):
             return model.family
     return get_family(key).name
+
+
+def template_or_default(repo_or_path, template: str | None = None, default: str = "alpaca") -> str:
+    """``template`` when given, else :func:`template_for` the model, else ``default`` (a folder nothing is known
+    about, such as the tiny stand-ins)."""
+    if template:
+        return template
+    try:
+        return template_for(str(repo_or_path))
+    except CourseError:
+        return default
 
 
 # --------------------------------------------------------------------------- sizes

@@ -5,6 +5,7 @@ import os
 import platform
 import random
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,13 +13,7 @@ PROFILES = ("tiny", "real")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO_ROOT / "data"
 
-# Real-profile model names; tiny profile never touches a hub.
-REAL_MODELS = {
-    "llama_base": "hfl/chinese-llama-2-1.3b",
-    "alpaca": "hfl/chinese-alpaca-2-1.3b",
-    "alpaca_lora": "hfl/chinese-alpaca-2-lora-7b",
-    "embedding": "BAAI/bge-small-zh-v1.5",
-}
+# Real-profile model names and facts live in helpers.catalog (ROLES, MODELS); tiny never touches a hub.
 
 OFFLINE_ENV = {
     "HF_HUB_OFFLINE": "1",
@@ -32,6 +27,19 @@ OFFLINE_ENV = {
 
 class CourseError(ValueError):
     """Bad input from a student: the message names the file, field or flag and says what to do."""
+
+
+def is_rehearsal() -> bool:
+    """``make rehearse`` sets ``COURSE_REHEARSAL=1``: the real code paths against the stand-in hub, on CPU."""
+    return os.environ.get("COURSE_REHEARSAL") == "1"
+
+
+def rehearsal_budget(real, rehearsal, what: str):
+    """``real`` normally; in the rehearsal ``rehearsal``, with a line saying what was shortened."""
+    if not is_rehearsal():
+        return real
+    print(f"[rehearsal] {what}: {rehearsal} instead of {real} (CPU stand-in run; a GPU run uses {real})")
+    return rehearsal
 
 
 def get_profile(profile: str | None = None) -> str:
@@ -84,66 +92,193 @@ def detect_platform() -> str:
 
 
 DIST_NAME = "hands-on-chinese-llama-alpaca"
-# Colab's own CUDA build of torch is the one to use there; everything else must match the course's pins.
-COLAB_KEEP = {"torch"}
+# Colab keeps what its runtime is built on: its CUDA build of torch, and the kernel and widget packages its
+# notebook frontend talks to (replacing those under a live kernel breaks the session). Every other pin of the
+# light set is installed at the course's version.
+COLAB_KEEP = frozenset({"torch", "ipykernel", "ipywidgets"})
 
 
-def pinned_requirements() -> list[str]:
-    """The course's ``name==version`` pins (installed metadata, else ``pyproject.toml``), extras excluded."""
+def canonical_name(name: str) -> str:
+    """``name`` normalized as pip compares names (PEP 503): ``Langchain_Core`` -> ``langchain-core``."""
+    import re
+
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _declared_requirements() -> tuple[list[str], dict[str, list[str]]]:
+    """``(light set, {extra: pins})`` as declared: the checkout's ``pyproject.toml``, else the installed metadata."""
+    pyproject = REPO_ROOT / "pyproject.toml"
+    if pyproject.is_file():  # a checkout (editable installs too): the file is the source of truth
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+        return list(project.get("dependencies", [])), {k: list(v) for k, v in
+                                                         project.get("optional-dependencies", {}).items()}
+    import re
     from importlib import metadata
 
     try:
-        reqs = metadata.requires(DIST_NAME) or []
-    except metadata.PackageNotFoundError:  # running from a checkout that was not pip-installed
-        import tomllib
+        dist = metadata.distribution(DIST_NAME)
+    except metadata.PackageNotFoundError as e:
+        raise CourseError(f"no {pyproject} and {DIST_NAME} is not installed: install the course with "
+                          "`pip install -e <the course checkout>`") from e
+    light, extras = [], {name: [] for name in dist.metadata.get_all("Provides-Extra") or []}
+    for req in dist.requires or []:
+        spec, _, marker = req.partition(";")
+        found = re.search(r"""extra\s*==\s*["']([^"']+)["']""", marker)
+        (extras.setdefault(found.group(1), []) if found else light).append(spec.strip())
+    return light, extras
 
-        reqs = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["dependencies"]
-    return [r.split(";")[0].strip() for r in reqs if "extra ==" not in r and "==" in r]
+
+def pinned_requirements(extras: Iterable[str] = ()) -> list[str]:
+    """The course's ``name==version`` pins: the light set (``[project.dependencies]``, what notebooks 00-10 need)
+    plus the pins of each extra in ``extras`` (``"export"`` for notebook 11, ``"lab"``, ``"test"``).
+
+    Returns them in declaration order, environment markers dropped. Raises CourseError for an unknown extra.
+    """
+    light, declared = _declared_requirements()
+    reqs = list(light)
+    for extra in extras:
+        if extra not in declared:
+            raise CourseError(f"extras: no extra {extra!r} in {DIST_NAME}; choose from {sorted(declared)}")
+        reqs += declared[extra]
+    return [r.split(";")[0].strip() for r in reqs if "==" in r]
 
 
-def missing_requirements(skip: set[str] = frozenset()) -> list[str]:
-    """Pins that are not installed at exactly that version (what the Colab install step installs)."""
+def installed_versions() -> dict[str, str]:
+    """Every distribution this interpreter can import: ``{canonical name: version}`` (first on ``sys.path`` wins)."""
     from importlib import metadata
 
+    out: dict[str, str] = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            out.setdefault(canonical_name(name), dist.version)
+    return out
+
+
+def _same_version(installed: str, pinned: str) -> bool:
+    # PEP 440: a pin without a local label matches every local build of it (torch 2.13.0+cpu satisfies ==2.13.0);
+    # hand-written so the install step needs no package beyond the standard library.
+    return installed == pinned or installed.split("+", 1)[0] == pinned
+
+
+def missing_requirements(skip: Iterable[str] = frozenset(), extras: Iterable[str] = (),
+                         installed: dict[str, str] | None = None) -> list[str]:
+    """The pins (light set plus ``extras``) not installed at exactly that version, ``skip`` names left alone.
+
+    ``installed`` is a snapshot from :func:`installed_versions` (taken now when omitted). Returns the pins in
+    declaration order: what the Colab install step hands to pip.
+    """
+    have = installed_versions() if installed is None else installed
+    skipped = {canonical_name(s) for s in skip}
     out = []
-    for req in pinned_requirements():
+    for req in pinned_requirements(extras):
         name, version = req.split("==", 1)
-        if name.lower() in skip:
-            continue
-        try:
-            if metadata.version(name) != version:
-                out.append(req)
-        except metadata.PackageNotFoundError:
+        key = canonical_name(name)
+        if key not in skipped and not (key in have and _same_version(have[key], version.strip())):
             out.append(req)
     return out
 
 
-def colab_install(run=None) -> list[str]:
-    """Colab's install step: pip-install the pins Colab lacks (keeping its CUDA torch); returns them.
+def imported_distributions(names: Iterable[str], modules: dict | None = None) -> list[str]:
+    """Which of the installed distributions ``names`` this session has imported: a module file of theirs is
+    loaded in ``modules`` (default ``sys.modules``). Returns their canonical names, in the order given."""
+    from importlib import metadata
 
-    Colab preinstalls other versions of transformers, peft, ...; after an upgrade restart the runtime
-    (Runtime > Restart session) and run the notebook again.
+    loaded = {os.path.realpath(f) for m in list((sys.modules if modules is None else modules).values())
+              if isinstance(f := getattr(m, "__file__", None), str)}
+    out = []
+    for name in names:
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        if any(f.suffix in (".py", ".so", ".pyd") and os.path.realpath(dist.locate_file(f)) in loaded
+               for f in dist.files or []):
+            out.append(canonical_name(name))
+    return out
+
+
+@dataclass
+class InstallReport:
+    """What :func:`colab_install` did. ``replaced`` covers the pins and the dependencies pip moved with them."""
+
+    requested: list[str] = field(default_factory=list)  # the pins handed to pip
+    added: dict[str, str] = field(default_factory=dict)  # name -> version, absent before
+    replaced: dict[str, tuple[str, str]] = field(default_factory=dict)  # name -> (old version, new version)
+    in_use: list[str] = field(default_factory=list)  # replaced packages this session had already imported
+
+    @property
+    def restart_needed(self) -> bool:
+        """True when an already imported package was replaced: the session still runs the old code."""
+        return bool(self.in_use)
+
+    def summary(self) -> str:
+        """The lines :func:`colab_install` prints: what was installed, and whether to restart."""
+        if not self.requested:
+            return "Colab: every pinned package of the course is already installed; no restart needed."
+        lines = [f"Added {len(self.added)}: " + (", ".join(f"{n} {v}" for n, v in self.added.items()) or "-"),
+                 f"Replaced {len(self.replaced)}: "
+                 + (", ".join(f"{n} {a} -> {b}" for n, (a, b) in self.replaced.items()) or "-")]
+        if self.restart_needed:
+            lines.append("Restart needed: this session had already imported " + ", ".join(self.in_use)
+                         + " at the old version. Runtime > Restart session, then run the notebook again "
+                         "(the second run installs nothing).")
+        else:
+            lines.append("No restart needed: no package this session had imported was replaced.")
+        return "\n".join(lines)
+
+
+def colab_install(run: Callable[[list[str]], object] | None = None, extras: Iterable[str] = (),
+                  keep: Iterable[str] = COLAB_KEEP) -> InstallReport:
+    """Colab's install step (``helpers.setup()`` calls it on Colab): ``pip install`` the course's pins that are
+    not installed at exactly that version. Those are the light set (``[project.dependencies]`` of
+    ``pyproject.toml``, what notebooks 00-10 need) plus ``extras`` (``["export"]`` for notebook 11: gguf and
+    llama-cpp-python, which compiles llama.cpp), except ``keep`` (:data:`COLAB_KEEP`: Colab's CUDA torch, its
+    kernel and widgets). ``run`` executes the pip command (default ``subprocess.check_call``).
+
+    A restart is needed only when pip replaced a package (a pin or a dependency it pulled) that this session had
+    already imported; a package that was absent, or replaced before anything imported it, loads fresh on its
+    first import. Prints the pins and which case happened; returns the :class:`InstallReport`.
     """
+    import importlib
     import subprocess
 
-    missing = missing_requirements(skip=COLAB_KEEP)
-    if missing:
-        print("Colab: installing the course's pinned versions:", " ".join(missing))
-        (run or subprocess.check_call)([sys.executable, "-m", "pip", "install", "-q", *missing])
-        print("Installed. Restart the runtime (Runtime > Restart session), then run this notebook again.")
-    return missing
+    keep = sorted(canonical_name(k) for k in keep)
+    before = installed_versions()
+    missing = missing_requirements(skip=keep, extras=extras, installed=before)
+    if not missing:
+        return InstallReport()
+    sets = " + ".join(["light set", *(f"[{e}]" for e in extras)])
+    print(f"Colab: pip-installing {len(missing)} pinned package(s) of the course ({sets}; keeping Colab's "
+          f"{', '.join(keep)}):\n  " + " ".join(missing))
+    cmd = [sys.executable, "-m", "pip", "install", "-q", *missing]
+    try:
+        (run or subprocess.check_call)(cmd)
+    except subprocess.CalledProcessError as e:
+        raise CourseError(f"Colab install step: `pip install {' '.join(missing)}` failed (exit {e.returncode}): "
+                          "read pip's message above, fix its cause (disk space, network) and run this cell "
+                          "again") from e
+    importlib.invalidate_caches()  # let this session find what pip just wrote
+    after = installed_versions()
+    replaced = {n: (before[n], v) for n, v in after.items() if n in before and before[n] != v}
+    report = InstallReport(requested=missing, added={n: v for n, v in after.items() if n not in before},
+                           replaced=replaced, in_use=imported_distributions(replaced))
+    print(report.summary())
+    moved = [n for n in keep if n in replaced]
+    if moved:
+        print(f"Warning: a pin needed newer {', '.join(moved)} than Colab's, so pip replaced "
+              f"{', '.join(f'{n} {replaced[n][0]} -> {replaced[n][1]}' for n in moved)}.")
+    return report
 
 
 def pick_device() -> str:
-    try:
-        import torch
-    except ImportError:  # pragma: no cover
-        return "cpu"
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    """The device the course runs on (``"cuda"``, ``"cuda:1"``, ``"mps"``, ``"cpu"``): ``helpers.device.choose()``,
+    which honours ``COURSE_DEVICE`` and also decides the dtype."""
+    from .device import choose
+
+    return choose().device
 
 
 def versions() -> dict[str, str]:
@@ -191,8 +326,21 @@ class Course:
     def tiny(self) -> bool:
         return self.profile == "tiny"
 
+    @property
+    def rehearsal(self) -> bool:
+        """True in ``make rehearse``: the real profile on the offline stand-in hub, on CPU (``COURSE_REHEARSAL=1``)."""
+        return is_rehearsal()
+
     def model_name(self, key: str) -> str:
-        return REAL_MODELS[key]
+        """The repo id for a role of the real sections (``alpaca``, ``llama_base``, ...; :data:`helpers.catalog.ROLES`)."""
+        from .catalog import ROLES
+
+        return ROLES[key]
+
+    def budget(self, real, rehearsal, what: str):
+        """``real`` on a real GPU, ``rehearsal`` in the CPU rehearsal (said in the output, so nobody mistakes a
+        two-step rehearsal for a training run)."""
+        return rehearsal_budget(real, rehearsal, what)
 
 
 def setup(profile: str | None = None, seed: int = 42, quiet: bool = False, install_on_colab: bool = True) -> Course:

@@ -1,6 +1,7 @@
 """Notebook harness: list, check, strip and execute the course notebooks.
 
     python -m helpers.course run [--profile tiny] [--out build/executed] [NOTEBOOK ...]
+    python -m helpers.course rehearse [--record] [NOTEBOOK ...]   # real profile on the stand-in hub, CPU
     python -m helpers.course strip      # the committed state: no outputs, no execution counts
     python -m helpers.course check      # parameters cell, setup call, clean state
 """
@@ -69,8 +70,75 @@ def strip(path: Path) -> bool:
     return False
 
 
-def run(paths: list[Path], profile: str = "tiny", out_dir: Path | None = None, timeout: int = 900) -> list[dict]:
-    """Execute notebooks headless with papermill (``PROFILE`` injected); returns per-notebook timings."""
+def _peak_rss_kib(pid: int) -> int:
+    """The peak resident set (VmHWM, KiB) of a live process; its current RSS where /proc has no VmHWM."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        return psutil.Process(pid).memory_info().rss // 1024
+    except Exception:  # the process ended between listing and reading
+        return 0
+
+
+class PeakMemory:
+    """Watches this process's descendants (the notebook kernel and any server it starts) while a notebook runs.
+
+    ``kernel_gib``: the largest single process's peak RSS (exact: the kernel's VmHWM, read until it exits);
+    ``tree_gib``: the largest sum of the descendants' current RSS seen by sampling every ``interval`` seconds.
+    """
+
+    def __init__(self, interval: float = 0.2):
+        self.interval, self.kernel_kib, self.tree_kib = interval, 0, 0
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self._stop.wait(self.interval):
+            try:
+                kids = me.children(recursive=True)
+            except psutil.Error:  # pragma: no cover
+                continue
+            self.kernel_kib = max([self.kernel_kib] + [_peak_rss_kib(k.pid) for k in kids])
+            total = 0
+            for k in kids:
+                try:
+                    total += k.memory_info().rss // 1024
+                except psutil.Error:
+                    pass
+            self.tree_kib = max(self.tree_kib, total)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def kernel_gib(self) -> float:
+        return round(self.kernel_kib / 2**20, 2)
+
+    @property
+    def tree_gib(self) -> float:
+        return round(self.tree_kib / 2**20, 2)
+
+
+def run(paths: list[Path], profile: str = "tiny", out_dir: Path | None = None, timeout: int = 900,
+        memory: bool = False) -> list[dict]:
+    """Execute notebooks headless with papermill (``PROFILE`` injected); returns per-notebook timings
+    (and, with ``memory``, the peak RSS of the kernel and of all processes it started)."""
     import logging
 
     import papermill as pm
@@ -83,16 +151,74 @@ def run(paths: list[Path], profile: str = "tiny", out_dir: Path | None = None, t
     for path in paths:
         start = time.perf_counter()
         status = "ok"
+        watch = PeakMemory() if memory else None
         try:
+            if watch:
+                watch.__enter__()
             pm.execute_notebook(str(path), str(out_dir / path.name), parameters={"PROFILE": profile},
                                 cwd=str(path.parent), kernel_name="python3", progress_bar=False,
                                 execution_timeout=timeout)
         except Exception as e:  # papermill raises PapermillExecutionError with the failing cell
             status = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
+        finally:
+            if watch:
+                watch.__exit__(None, None, None)
         seconds = time.perf_counter() - start
-        results.append({"notebook": path.name, "seconds": round(seconds, 1), "status": status})
-        print(f"{path.name:40s} {seconds:7.1f} s  {status}", flush=True)
+        row = {"notebook": path.name, "seconds": round(seconds, 1), "status": status}
+        mem = ""
+        if watch:
+            row.update(peak_rss_gib=watch.kernel_gib, peak_tree_gib=watch.tree_gib)
+            mem = f"  peak RSS {watch.kernel_gib:5.2f} GiB (all processes {watch.tree_gib:5.2f})"
+        results.append(row)
+        print(f"{path.name:40s} {seconds:7.1f} s{mem}  {status}", flush=True)
     return results
+
+
+REHEARSAL_RECORD = REPO_ROOT / "data" / "rehearsal.json"
+
+
+def rehearse(paths: list[Path] | None = None, out_dir: Path | None = None, timeout: int = 1800,
+             record: bool = False, cache_dir: Path | None = None) -> list[dict]:
+    """Run notebooks with ``PROFILE="real"`` against the offline stand-in hub on CPU (``make rehearse``).
+
+    The stand-in hub must be built (``python -m helpers.standin build``); the notebooks see the real repo ids,
+    ``HF_HUB_OFFLINE=1``, ``COURSE_DEVICE=cpu`` and ``COURSE_REHEARSAL=1`` (long loops shortened, said in the
+    output). Returns the per-notebook rows; with ``record`` writes them to ``data/rehearsal.json``, the figures
+    the real sections and notebook 00 show.
+    """
+    import os
+    import platform
+
+    from . import standin
+    from .io import write_json
+
+    standin.require(cache_dir)
+    saved = dict(os.environ)
+    try:
+        os.environ.update(standin.use(cache_dir))
+        os.environ.update(COURSE_DEVICE="cpu", COURSE_REHEARSAL="1", COURSE_PROFILE="real")
+        rows = run(paths or notebooks(), "real", out_dir or REPO_ROOT / "build" / "rehearsal", timeout, memory=True)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    if record and all(r["status"] == "ok" for r in rows):
+        import torch
+
+        old = read_rehearsal()
+        merged = {r["notebook"]: r for r in old.get("notebooks", [])} | {r["notebook"]: r for r in rows}
+        write_json(REHEARSAL_RECORD, {
+            "what": "make rehearse: PROFILE=real on the stand-in hub (real 1.3B sizes, random weights), CPU",
+            "machine": f"{os.cpu_count()} cores, {platform.machine()}, torch {torch.__version__}",
+            "date": time.strftime("%Y-%m-%d"),
+            "notebooks": [merged[k] for k in sorted(merged)]})
+    return rows
+
+
+def read_rehearsal() -> dict:
+    """The recorded rehearsal figures (``data/rehearsal.json``), ``{}`` before the first ``--record``."""
+    if not REHEARSAL_RECORD.exists():
+        return {}
+    return json.loads(REHEARSAL_RECORD.read_text(encoding="utf-8"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +230,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--profile", default="tiny", choices=["tiny", "real"])
     r.add_argument("--out", default=str(REPO_ROOT / "build" / "executed"))
     r.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    h = sub.add_parser("rehearse", help="run notebooks with PROFILE=real on the offline stand-in hub (CPU)")
+    h.add_argument("notebooks", nargs="*", help="notebook files (default: all, in course order)")
+    h.add_argument("--out", default=str(REPO_ROOT / "build" / "rehearsal"))
+    h.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+    h.add_argument("--cache_dir", default=None, help="stand-in hub folder (default: <workspace>/standin-hub)")
+    h.add_argument("--record", action="store_true", help="write the figures to data/rehearsal.json")
     sub.add_parser("strip", help="remove outputs from the committed notebooks")
     sub.add_parser("check", help="check the committed notebooks")
     args = ap.parse_args(argv)
@@ -113,6 +245,20 @@ def main(argv: list[str] | None = None) -> int:
         results = run(paths, args.profile, Path(args.out), args.timeout)
         print(f"{'total':40s} {time.perf_counter() - total:7.1f} s  ({len(results)} notebooks, outputs in {args.out})")
         return 1 if any(r["status"] != "ok" for r in results) else 0
+    if args.cmd == "rehearse":
+        from .core import CourseError
+
+        paths = [Path(p) for p in args.notebooks] or notebooks()
+        total = time.perf_counter()
+        try:
+            rows = rehearse(paths, Path(args.out), args.timeout, args.record,
+                            Path(args.cache_dir) if args.cache_dir else None)
+        except CourseError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{'total':40s} {time.perf_counter() - total:7.1f} s  ({len(rows)} notebooks, PROFILE=real, "
+              f"stand-in hub, CPU; outputs in {args.out})")
+        return 1 if any(r["status"] != "ok" for r in rows) else 0
     if args.cmd == "strip":
         for p in notebooks():
             if strip(p):

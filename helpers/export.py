@@ -967,15 +967,8 @@ def artifact_sizes(paths: dict[str, str | Path]):
     return pd.DataFrame(rows)
 
 
-# Chinese-LLaMA-2 / Chinese-Alpaca-2 shapes (config.json of the hfl releases) for size estimates.
-REAL_CONFIGS = {
-    "chinese-alpaca-2-1.3b": dict(vocab_size=55296, hidden_size=4096, intermediate_size=11008, num_hidden_layers=4,
-                                  num_attention_heads=32, num_key_value_heads=32),
-    "chinese-alpaca-2-7b": dict(vocab_size=55296, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                num_attention_heads=32, num_key_value_heads=32),
-    "chinese-alpaca-2-13b": dict(vocab_size=55296, hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,
-                                 num_attention_heads=40, num_key_value_heads=40),
-}
+# Real model shapes come from the one table, helpers.catalog (config.json of the hfl releases).
+SIZE_MODELS = ("hfl/chinese-alpaca-2-1.3b", "hfl/chinese-alpaca-2-7b", "hfl/chinese-alpaca-2-13b")
 SIZE_FORMATS = ("hf fp16", "gguf f32", "gguf f16", "gguf q8_0", "flm float16", "flm int8", "flm int4")
 
 
@@ -1017,10 +1010,13 @@ def tensor_bytes(cfg: dict, fmt: str) -> int:
 
 
 def size_table(configs: dict[str, dict] | None = None):
-    """A DataFrame (GiB) of :func:`tensor_bytes` for every format and config (default :data:`REAL_CONFIGS`)."""
+    """A DataFrame (GiB) of :func:`tensor_bytes` for every format and config (default: the :data:`SIZE_MODELS` of
+    :mod:`helpers.catalog`, columns named by their short names)."""
     import pandas as pd
 
-    configs = configs or REAL_CONFIGS
+    from . import catalog
+
+    configs = configs or {catalog.get(r).short_name: catalog.get(r).config for r in SIZE_MODELS}
     return pd.DataFrame({name: {fmt: round(tensor_bytes(cfg, fmt) / 2**30, 2) for fmt in SIZE_FORMATS}
                          for name, cfg in configs.items()})
 

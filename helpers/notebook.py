@@ -12,6 +12,25 @@ KERNEL = {"kernelspec": {"display_name": "Python 3", "language": "python", "name
           "language_info": {"name": "python"}}
 
 
+# Where the course is published (Colab clones it from here; a fork changes this line and pyproject's URL).
+COURSE_REPO = "https://github.com/hands-on-chinese-llama-alpaca/course"
+
+# The second code cell of every notebook, identical everywhere (tests/test_notebooks.py checks): on Colab it
+# clones the course, installs the light set (no llama.cpp build, no JupyterLab) and switches to the real models;
+# elsewhere it does nothing. It cannot import helpers: on Colab helpers is not there before this cell.
+COLAB_CELL = f"""
+# Colab: fetch the course and install its light set (helpers.setup() adds the pinned libraries); elsewhere: nothing.
+import os, subprocess, sys
+if "google.colab" in sys.modules:
+    if not os.path.isdir("/content/course"):
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "{COURSE_REPO}", "/content/course"], check=True)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", "/content/course"], check=True)
+    sys.path.insert(0, "/content/course")
+    os.chdir("/content/course/notebooks")
+    PROFILE = os.environ.get("COURSE_PROFILE", "real")  # a Colab GPU is for the real models
+"""
+
+
 def md(text: str) -> dict:
     return {"cell_type": "markdown", "metadata": {}, "source": text.strip("\n").splitlines(keepends=True)}
 
@@ -20,6 +39,11 @@ def code(text: str, tags: list[str] | None = None) -> dict:
     meta = {"tags": tags} if tags else {}
     return {"cell_type": "code", "execution_count": None, "metadata": meta, "outputs": [],
             "source": text.strip("\n").splitlines(keepends=True)}
+
+
+def colab() -> dict:
+    """The Colab bootstrap cell (:data:`COLAB_CELL`), tagged ``colab``."""
+    return code(COLAB_CELL, tags=["colab"])
 
 
 def params(text: str) -> dict:

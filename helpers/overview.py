@@ -19,20 +19,6 @@ STEPS = [
     ("11", "export", "GGUF, Ollama, fastllm"),
 ]
 
-# What each step needs for a 7B model in the real profile (fp16 unless noted); tiny needs seconds and MBs.
-REAL_RESOURCES = [
-    ("02_convert_llama", "CPU", "~30 GB RAM", "~13 GB (fp16 HF) + 13 GB originals", "~10 min"),
-    ("03_extend_vocab", "CPU", "< 2 GB RAM", "< 10 MB", "~5-30 min (SentencePiece training)"),
-    ("04_merge_lora", "CPU", "~1-2 shards (streaming), PEFT path ~15 GB", "~13 GB output", "~10 min"),
-    ("05_inference", "GPU 16 GB (8-bit: 10 GB)", "-", "-", "seconds per answer"),
-    ("06_webui", "GPU 16 GB", "-", "-", "interactive"),
-    ("07_pretrain_and_sft_lora", "GPU 24 GB+ (LoRA fp16), 2x for ZeRO-2", "-", "adapter ~1 GB", "hours"),
-    ("08/09_langchain", "GPU 16 GB + embedding model ~1.3 GB", "-", "-", "seconds per question"),
-    ("10_openai_api", "GPU 16 GB", "-", "-", "serving"),
-    ("11_export_deploy", "CPU", "~16 GB RAM", "GGUF f16 ~13 GB, q8_0 ~7 GB", "~10 min"),
-]
-
-
 def draw_pipeline(path: str | Path | None = None) -> Path:
     """Draw the course pipeline (one box per notebook) to ``images/pipeline.png``; returns the path."""
     import matplotlib
@@ -83,7 +69,17 @@ def environment_table():
     return pd.DataFrame({"value": info})
 
 
-def resources_table():
-    import pandas as pd
+def resources_table(repos=("hfl/chinese-alpaca-2-1.3b", "hfl/chinese-alpaca-2-7b")):
+    """Per-step needs of the real profile (estimates from :func:`helpers.catalog.step_needs`) with the rehearsal's
+    measured figures for the 1.3B size beside them (``data/rehearsal.json``: CPU, stand-in weights)."""
+    from .catalog import needs_table
+    from .course import read_rehearsal
 
-    return pd.DataFrame(REAL_RESOURCES, columns=["notebook", "accelerator", "RAM", "disk", "time (7B)"])
+    table = needs_table(repos)
+    measured = {r["notebook"].removesuffix(".ipynb"): r for r in read_rehearsal().get("notebooks", [])}
+    col = []
+    for step, model in table.index:
+        m = measured.get(step) or next((v for k, v in measured.items() if k.startswith(step[:2] + "_")), None)
+        col.append(f"{m['seconds']:.0f} s, {m['peak_rss_gib']:.1f} GiB RSS" if m and "1.3b" in model else "")
+    table["rehearsal (CPU, measured)"] = col
+    return table

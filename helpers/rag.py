@@ -22,8 +22,8 @@ from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 
+from .catalog import template_or_default
 from .core import DATA_DIR, CourseError
-from .prompts import ALPACA_TEMPLATE
 
 # --------------------------------------------------------------------------- prompts
 # The instruction texts of the original langchain_qa.py, wrapped in the Chinese-Alpaca template.
@@ -46,13 +46,18 @@ INDEX_INFO = "index_info.json"
 
 
 def wrap(instruction: str, template: str = "alpaca") -> str:
-    """The full prompt text for ``instruction``: Chinese-Alpaca template, or ``raw`` (for a chat API that
-    applies its own template)."""
-    if template == "alpaca":
-        return ALPACA_TEMPLATE.format(instruction=instruction)
+    """The full prompt text for ``instruction``: rendered with a chat family of :mod:`helpers.prompts`
+    (``alpaca`` for the first generation, ``chinese-alpaca-2`` for Chinese-Alpaca-2, as in each generation's
+    langchain_qa.py), or ``raw`` for a chat API that applies its own template. The leading BOS text is dropped:
+    the tokenizer adds BOS itself."""
     if template == "raw":
         return instruction
-    raise CourseError(f"template={template!r}: use 'alpaca' (local model) or 'raw' (chat API server)")
+    from .prompts import FIX_TOKEN_RE, get_family, render, resolve_fix_tokens
+
+    fam = get_family(template)  # CourseError listing the families for an unknown name
+    bos = FIX_TOKEN_RE.match(fam.pre_prompt)
+    text = render(fam, [{"role": "user", "content": instruction}])
+    return text.removeprefix(resolve_fix_tokens(bos.group(0), None, fam.fix_tokens)) if bos else text
 
 
 def qa_prompts(chain_type: str, template: str = "alpaca") -> dict[str, Any]:
@@ -425,17 +430,20 @@ def add_llm_arguments(p: argparse.ArgumentParser, chain_types: list[str]) -> Non
     p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
     p.add_argument("--chunk_overlap", type=int, default=CHUNK_OVERLAP)
     p.add_argument("--max_new_tokens", type=int, default=400)
+    p.add_argument("--template", default=None,
+                   help="chat family for --model_path prompts (default: from the model, e.g. chinese-alpaca-2 for "
+                        "hfl/chinese-alpaca-2-*; alpaca for an unknown folder)")
 
 
 def llm_from_args(args):
-    """``(llm, template, tokenizer)`` from ``--model_path`` (local pipeline, Alpaca template) or
+    """``(llm, template, tokenizer)`` from ``--model_path`` (local pipeline, the model's chat family) or
     ``--openai_api_base`` (ChatOpenAI; the server applies the template, so prompts are ``raw``)."""
     if bool(args.model_path) == bool(args.openai_api_base):
         raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
     if args.model_path:
         llm, _, tokenizer = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
                                            tokenizer_path=args.tokenizer_path)
-        return llm, "alpaca", tokenizer
+        return llm, template_or_default(args.model_path, args.template), tokenizer
     tokenizer = None
     if args.tokenizer_path:
         from .tokenizer import load_tokenizer

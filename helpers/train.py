@@ -11,12 +11,17 @@ LoRA flags below (parsed with ``HfArgumentParser`` like the originals). Flags th
 translated: ``--evaluation_strategy`` -> ``--eval_strategy``, ``--warmup_ratio R`` -> ``--warmup_steps R``,
 ``--group_by_length`` -> ``--train_sampling_strategy group_by_length``, ``--lora_trainable`` -> ``--trainable``.
 
+Precision follows :func:`helpers.device.choose` unless the command line sets ``--bf16`` / ``--fp16`` / ``--use_cpu``:
+``--bf16 True`` on GPUs of compute >= 8.0, ``--fp16 True`` (loss scaling by the Trainer's GradScaler) on 7.x
+(V100, T4), nothing on CPU; ``--torch_dtype auto`` then loads the base in that dtype.
+
 The adapter and the tokenizer are saved to ``<output_dir>/pt_lora_model`` or ``<output_dir>/sft_lora_model``,
 the log history to ``<output_dir>/loss_history.json``; every rank writes the digest of its LoRA weights to
 ``<output_dir>/ranks/rank<N>.json`` (data parallelism keeps them identical).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import os
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import CourseError
+from .device import choose, quantization_config
 from .io import read_json
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -122,11 +128,56 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _flag_value(argv: list[str], flag: str) -> str | None:
+    """The value of ``flag`` in ``argv`` (``--flag v`` or ``--flag=v``; a bare boolean flag gives ``"True"``),
+    None when absent."""
+    for i, a in enumerate(argv):
+        key, eq, value = a.partition("=")
+        if key == flag:
+            if eq:
+                return value
+            return argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "True"
+    return None
+
+
+def _true(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+def precision_flags(argv: list[str], choice) -> list[str]:
+    """TrainingArguments flags to add to ``argv`` for the device ``choice`` (a :class:`helpers.device.DeviceChoice`).
+
+    Returns ``[]`` when ``argv`` sets ``--bf16``, ``--fp16`` or ``--use_cpu`` itself. On a CUDA GPU: an explicit
+    ``--torch_dtype float16`` / ``bfloat16`` gets the matching ``--fp16 True`` / ``--bf16 True`` (half-precision
+    weights need their mixed precision: fp16 gradients need loss scaling); otherwise ``choice.bf16`` /
+    ``choice.fp16``. Off CUDA: ``--use_cpu True`` when the choice is the CPU although a GPU is visible
+    (``COURSE_DEVICE=cpu``), else nothing.
+    """
+    given = {a.split("=")[0] for a in argv}
+    if given & {"--bf16", "--fp16", "--use_cpu"}:
+        return []
+    if not choice.is_cuda:
+        return ["--use_cpu", "True"] if choice.device == "cpu" and _cuda() else []
+    dtype = _flag_value(argv, "--torch_dtype")
+    if dtype == "float16" or (dtype in (None, "auto", "float32") and choice.fp16):
+        return ["--fp16", "True"]
+    if dtype == "bfloat16" or (dtype in (None, "auto", "float32") and choice.bf16):
+        return ["--bf16", "True"]
+    return []
+
+
+def train_choice(argv: list[str]):
+    """The :class:`helpers.device.DeviceChoice` of a training command line (the CPU with ``--use_cpu True``)."""
+    return choose("cpu" if _true(_flag_value(argv, "--use_cpu")) else None)
+
+
 def parse_args(argv: list[str]):
-    """``(ModelArguments, DataArguments, LoraArguments, TrainingArguments)`` from original-style flags."""
+    """``(ModelArguments, DataArguments, LoraArguments, TrainingArguments)`` from original-style flags, mixed
+    precision added from the device choice (:func:`precision_flags`)."""
     from transformers import HfArgumentParser, TrainingArguments
 
     argv = _translate(list(argv))
+    argv += precision_flags(argv, train_choice(argv))
     if "--output_dir" not in [a.split("=")[0] for a in argv]:
         raise CourseError("--output_dir is required (where the adapter, checkpoints and loss history go)")
     if any(a.split("=")[0] == "--deepspeed" for a in argv) and importlib.util.find_spec("deepspeed") is None:
@@ -183,6 +234,8 @@ def check_vocab(model_vocab: int, tokenizer_size: int, tokenizer_path: str, mode
 
 # --------------------------------------------------------------------------- model
 def _dtype(name: str, targs):
+    """The base model's ``torch.dtype``: ``--torch_dtype``, or for ``auto`` the mixed precision of ``targs``
+    (bf16 -> bfloat16, fp16 -> float16, else float32)."""
     import torch
 
     if name == "auto":
@@ -195,8 +248,8 @@ def _dtype(name: str, targs):
 
 
 def build_model(margs: ModelArguments, largs: LoraArguments, targs, tokenizer):
-    """The PEFT model to train: base (+ 4/8-bit quantization), embeddings resized, new or continued LoRA."""
-    import torch
+    """The PEFT model to train: base (+ 4/8-bit quantization), embeddings resized, new or continued LoRA; returns
+    ``(model, vocabulary note)``. Under fp16 mixed precision the trainable parameters are float32."""
     from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -206,18 +259,11 @@ def build_model(margs: ModelArguments, largs: LoraArguments, targs, tokenizer):
     dtype = _dtype(margs.torch_dtype, targs)
     kwargs = dict(dtype=dtype, trust_remote_code=False, low_cpu_mem_usage=True)
     if largs.load_in_kbits in (4, 8):
-        if not torch.cuda.is_available():
-            raise CourseError(
-                f"--load_in_kbits {largs.load_in_kbits} (QLoRA) needs a CUDA GPU: bitsandbytes stores the frozen base "
-                "in 4-bit NF4 / 8-bit and its matmul kernels run only on CUDA. On CPU drop the flag (train LoRA on "
-                "the full-precision base) or use a GPU machine (Colab T4, AutoDL).")
-        if importlib.util.find_spec("bitsandbytes") is None:
-            raise CourseError("--load_in_kbits 4/8 needs bitsandbytes: pip install bitsandbytes")
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=largs.load_in_kbits == 4, load_in_8bit=largs.load_in_kbits == 8,
-            bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=dtype)
+        # bitsandbytes' kernels run only on CUDA: on CPU train LoRA on the full-precision base instead
+        choice = dataclasses.replace(train_choice(["--use_cpu", str(targs.use_cpu)]),
+                                     dtype_name=str(dtype).removeprefix("torch."))
+        kwargs["quantization_config"] = quantization_config(
+            largs.load_in_kbits, choice, flag=f"--load_in_kbits {largs.load_in_kbits} (QLoRA)")
         kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     model = AutoModelForCausalLM.from_pretrained(margs.model_name_or_path, **kwargs)
     # no KV cache while training: with a cache transformers ignores packed position_ids and the flattened
@@ -237,7 +283,23 @@ def build_model(margs: ModelArguments, largs: LoraArguments, targs, tokenizer):
                          modules_to_save=[m.strip() for m in (largs.modules_to_save or "").split(",") if m.strip()] or None,
                          inference_mode=False)
         model = get_peft_model(model, cfg)
+    if targs.fp16 and not targs.deepspeed:
+        _upcast_trainable(model)
     return model, note
+
+
+def _upcast_trainable(model) -> int:
+    """Trainable parameters to float32 for fp16 mixed precision: the GradScaler refuses to unscale fp16 gradients
+    (PEFT upcasts the LoRA matrices, not the ``modules_to_save`` copies of embed_tokens/lm_head). Returns how many
+    tensors were cast."""
+    import torch
+
+    cast = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+            cast += 1
+    return cast
 
 
 # --------------------------------------------------------------------------- data
@@ -408,27 +470,20 @@ def run(stage: str, argv: list[str]) -> TrainResult:
     return TrainResult(stage, out, adapter_dir, list(trainer.state.log_history), stats.as_dict(), metrics, note, world)
 
 
-# Real models of the course (config.json figures) for the memory / disk / time estimates of the notebook.
-REAL_SHAPES = {
-    "hfl/chinese-llama-2-1.3b": dict(hidden=4096, intermediate=11008, layers=4, vocab=55296),
-    "Chinese-LLaMA-7B (49953 vocab)": dict(hidden=4096, intermediate=11008, layers=32, vocab=49953),
-    "hfl/chinese-llama-2-7b": dict(hidden=4096, intermediate=11008, layers=32, vocab=55296),
-}
-
-
-def lora_budget(hidden: int, intermediate: int, layers: int, vocab: int, rank: int = 8, kbits: int = 16,
-                train_embeddings: bool = True, tokens: int = 512) -> dict:
-    """Rough GPU memory (GB), adapter size (GB) and training FLOPs per sequence for a LoRA run.
+def lora_budget(model: str | dict, rank: int = 8, kbits: int = 16, train_embeddings: bool = True,
+                tokens: int = 512) -> dict:
+    """Rough GPU memory (GB), adapter size (GB) and training FLOPs per sequence for a LoRA run on ``model`` (a repo
+    id of :mod:`helpers.catalog` or a LLaMA ``config.json`` dict).
 
     Estimates, not measurements: frozen base weights at ``kbits`` bits; trainable parameters (LoRA on the 7 seed
     modules, plus ``embed_tokens``/``lm_head`` when ``train_embeddings``) cost 16 bytes each (fp32 weight, grad,
     two AdamW moments); activations are not included (gradient checkpointing keeps them ~1-2 GB at 512 tokens).
     """
-    per_layer = 4 * hidden * hidden + 3 * hidden * intermediate
-    embed = 2 * vocab * hidden
-    base = layers * per_layer + embed
-    lora = layers * rank * (4 * 2 * hidden + 3 * (hidden + intermediate))
-    trainable = lora + (embed if train_embeddings else 0)
+    from . import catalog
+
+    cfg = model if isinstance(model, dict) else catalog.get(model).config
+    base = catalog.param_count(cfg)
+    trainable = catalog.lora_param_count(cfg, rank, modules_to_save=("embed_tokens", "lm_head") if train_embeddings else ())
     gb = 1024 ** 3
     return {"params_b": round(base / 1e9, 2), "trainable_m": round(trainable / 1e6, 1),
             "weights_gb": round(base * kbits / 8 / gb, 1), "optimizer_gb": round(trainable * 16 / gb, 2),

@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .catalog import template_for
 from .core import CourseError
 from .generation import GENERATION_DEFAULTS, cut_at_stop, stream
 from .modeling import add_model_arguments, apply_model_arguments
@@ -33,11 +34,11 @@ class ChatEngine:
 
     def __init__(self, base_model: str | Path, adapters: dict[str, str | Path | None] | None = None,
                  tokenizer_path: str | Path | None = None, template: str | None = None, device: str | None = None,
-                 load_in_8bit: bool = False, loader=None):
+                 load_in_8bit: bool = False, loader=None, load_in_4bit: bool = False):
         from .modeling import load_model
 
         self.base_model, self.tokenizer_path, self.device = base_model, tokenizer_path, device
-        self.load_in_8bit = load_in_8bit
+        self.load_in_8bit, self.load_in_4bit = load_in_8bit, load_in_4bit
         self.adapters = dict(adapters) if adapters else {NO_LORA: None}
         self.fixed_template = template
         self.loader = loader or load_model
@@ -54,7 +55,7 @@ class ChatEngine:
         for candidate in (self.adapters.get(name), name, self.base_model):
             if candidate:
                 try:
-                    return get_family(str(candidate)).name
+                    return template_for(str(candidate))  # the model table first, then the folder name
                 except CourseError:
                     continue
         return "alpaca"
@@ -69,7 +70,8 @@ class ChatEngine:
                 self.current = None  # a failed load must not leave the old name on an empty engine
                 self.model, self.tokenizer = self.loader(
                     self.base_model, self.adapters[name],
-                    self.tokenizer_path, device=self.device, load_in_8bit=self.load_in_8bit)
+                    self.tokenizer_path, device=self.device, load_in_8bit=self.load_in_8bit,
+                    load_in_4bit=self.load_in_4bit)
                 self.current = name
                 self.template = self.guess_template(name)
         return f"loaded **{name}** · vocab {len(self.tokenizer)} · template `{self.template}`"
@@ -166,6 +168,37 @@ def launch(demo, host: str = "127.0.0.1", port: int = 7860, **kwargs):
                        **kwargs)
 
 
+AUTODL_PORT = 6006  # AutoDL's "自定义服务" forwards this container port to an https address
+
+
+def colab_proxy_url(port: int) -> str:
+    """The https address under which Colab's port proxy shows ``127.0.0.1:port`` of the runtime (only inside
+    Colab: it asks the browser side through ``google.colab.output.eval_js``)."""
+    from google.colab.output import eval_js  # only importable on Colab
+
+    return str(eval_js(f"google.colab.kernel.proxyPort({int(port)})"))
+
+
+def access_hint(port: int, where: str | None = None) -> str:
+    """How a learner opens a server started on ``127.0.0.1:port``: locally the address; on Colab the port
+    proxy's address (the server stays on 127.0.0.1, Colab forwards it to your browser only); on AutoDL an SSH
+    tunnel, or the custom-service port 6006 (an explicit ``--host 0.0.0.0`` choice, with a password)."""
+    from .core import detect_platform
+
+    where = where or detect_platform()
+    local = f"http://127.0.0.1:{port}"
+    if where == "colab":
+        try:
+            return f"Colab: open {colab_proxy_url(port)} (Colab's port proxy for {local}; only you can open it)"
+        except Exception as e:  # outside a Colab browser session eval_js has nobody to ask
+            return f"Colab: run google.colab.output.serve_kernel_port_as_window({port}) to open {local} ({e})"
+    if where == "autodl":
+        return (f"AutoDL: on your computer run `ssh -CNg -L {port}:127.0.0.1:{port} root@<host> -p <ssh port>` "
+                f"(host and port from the console's SSH login line), then open {local}. Or start with --host 0.0.0.0 "
+                f"--port {AUTODL_PORT} and use the console's 自定义服务 link (public: set a password/--api_key)")
+    return f"open {local} in a browser on this machine (remote machine: ssh -L {port}:127.0.0.1:{port} user@host)"
+
+
 def parse_adapters(value: str | None) -> dict[str, str | None]:
     """``--lora_model a,b`` -> ``{folder name: path}``; each must exist. Empty -> the base model alone."""
     if not value:
@@ -202,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"web UI on http://{args.host}:{args.port} (template {engine.template})", flush=True)
+    print(access_hint(args.port), flush=True)
     launch(create_ui(engine), args.host, args.port)
     return 0
 

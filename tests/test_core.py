@@ -1,4 +1,5 @@
 import os
+import sys
 
 import pytest
 
@@ -77,23 +78,145 @@ def test_read_json_names_file_and_position(tmp_path):
         io.read_json(bad)
 
 
-def test_colab_install_step_installs_only_mismatched_pins(monkeypatch):
+def _pyproject_pins(*groups):
+    """The pins of pyproject.toml read here, independently of helpers.core: ``{name: version}`` per group."""
+    import tomllib
+
+    project = tomllib.loads((core.REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    out = {}
+    for group in groups:
+        reqs = project["dependencies"] if group == "light" else project["optional-dependencies"][group]
+        out.update(r.split("==") for r in reqs)
+    return out
+
+
+def test_pinned_requirements_are_the_light_set_plus_the_extras_asked_for():
+    names = lambda reqs: {r.split("==")[0] for r in reqs}  # noqa: E731
+    light = core.pinned_requirements()
+    assert all("==" in r for r in light)
+    assert {"torch", "transformers", "peft", "jieba", "gradio", "ipykernel", "papermill"} <= names(light)
+    assert not {"gguf", "llama-cpp-python", "jupyterlab", "nbconvert", "pytest"} & names(light)
+    export = core.pinned_requirements(["export"])
+    assert export[:len(light)] == light and names(export[len(light):]) == {"gguf", "llama-cpp-python"}
+    assert {"jupyterlab", "gguf", "pytest"} <= names(core.pinned_requirements(["lab", "export", "test"]))
+    with pytest.raises(core.CourseError, match=r"extras: no extra 'gpu'.*'export'"):
+        core.pinned_requirements(["gpu"])
+
+
+def test_pinned_requirements_from_installed_metadata_outside_a_checkout(monkeypatch, tmp_path):
     from importlib import metadata
 
-    pins = core.pinned_requirements()
-    assert "transformers==5.23.0" in pins and all("==" in p for p in pins)
-    assert core.missing_requirements(skip=core.COLAB_KEEP) == []  # this environment follows the pins
-    real_version = metadata.version
+    class Meta:
+        def get_all(self, key):
+            return ["export", "test"] if key == "Provides-Extra" else None
 
-    def colab_versions(name):  # Colab ships other versions of some packages and lacks others
-        return {"transformers": "4.57.0", "torch": "2.9.0+cu126"}.get(name) or (
-            real_version(name) if name != "gguf" else (_ for _ in ()).throw(metadata.PackageNotFoundError(name)))
+    class Dist:
+        metadata = Meta()
+        requires = ["torch==2.13.0", 'gguf==0.19.0; extra == "export"', "numpy==2.4.6",
+                    "pytest==9.2.0 ; extra == 'test'"]
 
-    monkeypatch.setattr(metadata, "version", colab_versions)
+    monkeypatch.setattr(core, "REPO_ROOT", tmp_path)  # no pyproject.toml there: a wheel install
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+    assert core.pinned_requirements() == ["torch==2.13.0", "numpy==2.4.6"]
+    assert core.pinned_requirements(["test", "export"]) == ["torch==2.13.0", "numpy==2.4.6", "pytest==9.2.0",
+                                                            "gguf==0.19.0"]
+    with pytest.raises(core.CourseError, match="'lab'"):
+        core.pinned_requirements(["lab"])
+
+
+def test_missing_requirements_compares_versions_and_skips_kept_packages():
+    have = {core.canonical_name(n): v for n, v in _pyproject_pins("light").items()}
+    assert core.missing_requirements(installed=have) == []
+    have.update({"transformers": "4.57.0", "torch": "2.9.0+cu126", "langchain-core": "1.7.0"})
+    del have["jieba"]
+    assert core.missing_requirements(skip={"torch"}, installed=have) == ["transformers==5.23.0", "jieba==0.42.1"]
+    assert core.missing_requirements(installed=have)[0] == "torch==2.13.0"
+    have["torch"] = "2.13.0+cpu"  # a local build of the pinned version satisfies the pin (PEP 440)
+    assert "torch==2.13.0" not in core.missing_requirements(installed=have)
+    assert core.missing_requirements(skip={"torch"}, extras=["export"], installed=have)[-2:] == [
+        "gguf==0.19.0", "llama-cpp-python==0.3.36"]
+    assert core.canonical_name("Langchain_Core.X") == "langchain-core-x"
+
+
+def test_imported_distributions_looks_at_loaded_module_files():
+    import types
+    from importlib import metadata
+
+    init = metadata.distribution("transformers").locate_file("transformers/__init__.py")
+    loaded = {"transformers": types.SimpleNamespace(__file__=str(init)), "google": types.ModuleType("google")}
+    assert core.imported_distributions(["peft", "Transformers", "no-such-dist"], modules=loaded) == ["transformers"]
+    assert core.imported_distributions(["transformers"], modules={}) == []
+    assert core.imported_distributions(["pytest", "no-such-dist"]) == ["pytest"]  # this very process
+
+
+COLAB_OLD = {"transformers": "4.57.0", "peft": "0.15.2", "torch": "2.9.0+cu126", "ipykernel": "6.17.1",
+             "huggingface-hub": "0.36.0"}  # what a Colab image ships instead of the pins (jieba: absent)
+
+
+@pytest.fixture
+def colab(monkeypatch):
+    """A simulated Colab: installed versions in a dict that a fake pip updates; a fake set of imported modules."""
+    import types
+    from importlib import metadata
+
+    state = {core.canonical_name(n): v for n, v in _pyproject_pins("light").items() if n != "jieba"}
+    state.update(COLAB_OLD)
+    imported = {}
+    monkeypatch.setattr(core, "installed_versions", lambda: dict(state))
+    real = core.imported_distributions
+    monkeypatch.setattr(core, "imported_distributions", lambda names: real(names, modules=imported))
+
+    def pip(cmd):  # installs the pins asked for, and moves a dependency along (as pip does)
+        assert cmd[:5] == [sys.executable, "-m", "pip", "install", "-q"]
+        state.update(r.split("==") for r in cmd[5:])
+        state["huggingface-hub"] = "1.4.0"
+
+    def imported_transformers():
+        init = metadata.distribution("transformers").locate_file("transformers/__init__.py")
+        imported["transformers"] = types.SimpleNamespace(__file__=str(init))
+
+    return types.SimpleNamespace(state=state, pip=pip, import_transformers=imported_transformers)
+
+
+def test_colab_install_says_what_it_installs_and_needs_no_restart_when_nothing_was_imported(colab, capsys):
     calls = []
-    missing = core.colab_install(run=calls.append)
-    assert missing == ["transformers==5.23.0", "gguf==0.19.0"]  # torch: Colab's CUDA build is kept
-    assert calls and calls[0][-2:] == missing and calls[0][1:4] == ["-m", "pip", "install"]
+    report = core.colab_install(run=lambda cmd: calls.append(cmd) or colab.pip(cmd))
+    expected = ["transformers==5.23.0", "peft==0.21.2", "jieba==0.42.1"]  # torch, ipykernel: Colab's are kept
+    assert len(calls) == 1 and calls[0][5:] == expected and report.requested == expected
+    assert report.added == {"jieba": "0.42.1"}
+    assert report.replaced == {"transformers": ("4.57.0", "5.23.0"), "peft": ("0.15.2", "0.21.2"),
+                               "huggingface-hub": ("0.36.0", "1.4.0")}
+    assert report.in_use == [] and not report.restart_needed
+    out = capsys.readouterr().out
+    assert " ".join(expected) in out and "No restart needed" in out and "transformers 4.57.0 -> 5.23.0" in out
+    assert core.colab_install(run=calls.append) == core.InstallReport() and len(calls) == 1  # 2nd run: nothing
+
+
+def test_colab_install_asks_for_a_restart_when_an_imported_package_was_replaced(colab, capsys):
+    colab.import_transformers()
+    report = core.colab_install(run=colab.pip)
+    assert report.restart_needed and report.in_use == ["transformers"]
+    assert "Restart needed: this session had already imported transformers" in capsys.readouterr().out
+
+
+def test_colab_install_of_absent_packages_only_needs_no_restart(colab, capsys):
+    colab.import_transformers()
+    colab.state.update({n: v for n, v in _pyproject_pins("light").items() if n in COLAB_OLD and n != "torch"})
+    colab.state.pop("huggingface-hub")
+    report = core.colab_install(run=colab.pip, extras=["export"])
+    assert report.requested == ["jieba==0.42.1", "gguf==0.19.0", "llama-cpp-python==0.3.36"]
+    assert report.replaced == {} and set(report.added) == {"jieba", "gguf", "llama-cpp-python", "huggingface-hub"}
+    assert not report.restart_needed and "No restart needed" in capsys.readouterr().out
+
+
+def test_colab_install_turns_a_pip_failure_into_a_course_error(colab):
+    import subprocess
+
+    def failing(cmd):
+        raise subprocess.CalledProcessError(1, cmd)
+
+    with pytest.raises(core.CourseError, match=r"pip install transformers==5.23.0 .* failed \(exit 1\)"):
+        core.colab_install(run=failing)
 
 
 def test_setup_runs_the_install_step_on_colab(monkeypatch, tmp_path):

@@ -159,6 +159,15 @@ def test_cli_errors_exit_2(tiny_model, tmp_path, capsys):
     assert str(tmp_path) in capsys.readouterr().err
 
 
+def test_load_in_4bit_on_cpu_exits_2_naming_the_flag(tiny_model, monkeypatch, capsys):
+    base, _ = tiny_model
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")  # the CPU even on a GPU machine
+    for argv in (["--load_in_4bit"], ["--load_in_4bit", "--only_cpu"]):
+        assert infer.main(["--base_model", str(base), *argv]) == 2
+        err = capsys.readouterr().err
+        assert "--load_in_4bit needs a CUDA GPU" in err and "drop the flag" in err and "Traceback" not in err
+
+
 def test_load_in_8bit_on_cpu_is_a_clear_error(tiny_model):
     from helpers.modeling import load_model
 

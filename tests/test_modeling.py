@@ -35,7 +35,7 @@ def test_shared_flags(monkeypatch):
     p = argparse.ArgumentParser()
     add_model_arguments(p)
     args = p.parse_args(["--base_model", "m", "--only_cpu", "--seed", "3"])
-    assert apply_model_arguments(args) == {"device": "cpu", "load_in_8bit": False}
+    assert apply_model_arguments(args) == {"device": "cpu", "load_in_8bit": False, "load_in_4bit": False}
     torch.manual_seed(3)
     b = torch.rand(2)
     apply_model_arguments(args)
@@ -43,3 +43,39 @@ def test_shared_flags(monkeypatch):
     bad = p.parse_args(["--base_model", "m", "--only_cpu", "--load_in_8bit"])
     with pytest.raises(CourseError, match="--load_in_8bit"):
         apply_model_arguments(bad)
+    assert apply_model_arguments(p.parse_args(["--base_model", "m", "--load_in_4bit"]))["load_in_4bit"] is True
+    bad = p.parse_args(["--base_model", "m", "--only_cpu", "--load_in_4bit"])
+    with pytest.raises(CourseError, match="--load_in_4bit needs a CUDA GPU"):
+        apply_model_arguments(bad)
+    both = p.parse_args(["--base_model", "m", "--load_in_8bit", "--load_in_4bit"])
+    with pytest.raises(CourseError, match="--load_in_8bit and --load_in_4bit"):
+        apply_model_arguments(both)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("bits,precision,bytes_per_param", [(None, "float16", 2), (4, "int4", 0.5)])
+def test_load_model_checks_the_gpu_memory_first(monkeypatch, bits, precision, bytes_per_param):
+    """On a (mocked) T4 the weights are checked against the free memory before anything is loaded."""
+    from test_device import fake_gpu
+
+    from helpers import device, modeling
+
+    fake_gpu(monkeypatch, "Tesla T4", (7, 5))
+    monkeypatch.setattr(device, "_has_bitsandbytes", lambda: True)
+    seen = {}
+
+    def spy(need, choice, what, precision=None):
+        seen.update(need=need, device=choice.device, dtype=choice.dtype_name, what=what, precision=precision)
+        raise _Stop  # never load onto the fake GPU
+
+    monkeypatch.setattr(modeling, "check_fits", spy)
+    with pytest.raises(_Stop):
+        load_model(tiny.hf_model(), load_in_4bit=bits == 4)
+    params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tiny.hf_model()).parameters())
+    assert (seen["device"], seen["dtype"], seen["precision"]) == ("cuda", "float16", precision)
+    assert str(tiny.hf_model()) in seen["what"]
+    # weights at the precision, x1.2 for the KV cache and activations
+    assert seen["need"] == pytest.approx(params * bytes_per_param * 1.2 / 2 ** 30, rel=1e-6)

@@ -26,3 +26,35 @@ def test_strip_removes_outputs(tmp_path):
     assert any("outputs" in m for m in course.problems(nb))
     assert course.strip(nb) is True
     assert course.problems(nb) == []
+
+
+@pytest.mark.parametrize("path", course.notebooks(), ids=lambda p: p.name)
+def test_every_notebook_has_the_same_colab_cell_right_after_parameters(path):
+    """One generated bootstrap cell (helpers.notebook.COLAB_CELL), identical in every notebook."""
+    import json
+
+    from helpers.notebook import COLAB_CELL
+
+    code = [c for c in json.loads(path.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    assert "colab" in code[1]["metadata"].get("tags", [])
+    assert "".join(code[1]["source"]) == COLAB_CELL.strip("\n")
+
+
+def test_colab_cell_clones_the_published_url_and_installs_without_extras():
+    import tomllib
+
+    from helpers.core import REPO_ROOT
+    from helpers.notebook import COLAB_CELL, COURSE_REPO
+
+    urls = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["urls"]
+    assert urls["Repository"] == COURSE_REPO and COURSE_REPO in COLAB_CELL
+    assert '"--no-deps", "-e", "/content/course"' in COLAB_CELL  # keeps Colab's CUDA torch; setup() adds the pins
+    compile(COLAB_CELL, "colab", "exec")
+
+
+def test_colab_cell_does_nothing_outside_colab():
+    from helpers.notebook import COLAB_CELL
+
+    scope = {"PROFILE": "tiny"}
+    exec(COLAB_CELL, scope)
+    assert scope["PROFILE"] == "tiny"

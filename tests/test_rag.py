@@ -245,3 +245,22 @@ def test_langchain_signatures_did_not_drift():
     assert {"retrievers", "weights", "id_key"} <= set(EnsembleRetriever.model_fields)
     assert "keep_separator" in inspect.signature(RecursiveCharacterTextSplitter.__init__).parameters or \
         "keep_separator" in inspect.signature(RecursiveCharacterTextSplitter.__mro__[1].__init__).parameters
+
+
+def test_chinese_alpaca_2_prompts_are_the_llama_2_chat_format():
+    """Chinese-LLaMA-Alpaca-2's langchain_qa.py wraps the QA prompt in the Llama-2 chat format with this system
+    prompt (typed from the original script); the tokenizer adds BOS itself, so the text does not start with <s>."""
+    want = ("[INST] <<SYS>>\nYou are a helpful assistant. 你是一个乐于助人的助手。\n<</SYS>>\n\n"
+            "{context}\n{question} [/INST]")
+    assert rag.qa_prompts("stuff", template="chinese-alpaca-2")["prompt"].template == want
+
+
+def test_local_llm_template_follows_the_model(tmp_path):
+    from types import SimpleNamespace
+
+    from helpers.catalog import template_or_default
+
+    assert template_or_default("/hf/models--hfl--chinese-alpaca-2-7b/snapshots/abc") == "chinese-alpaca-2"
+    assert template_or_default(tmp_path) == "alpaca" and template_or_default(tmp_path, "llama-2-chat") == "llama-2-chat"
+    args = rag.parser().parse_args(["--file_path", "x.txt", "--model_path", "m", "--template", "chinese-alpaca-2"])
+    assert args.template == "chinese-alpaca-2"

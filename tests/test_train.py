@@ -199,12 +199,17 @@ def test_torchrun_two_processes_on_cpu(tiny_set, tmp_path):
 
 
 def test_lora_budget_matches_known_model_sizes():
-    seven = train.lora_budget(**train.REAL_SHAPES["Chinese-LLaMA-7B (49953 vocab)"])
-    assert 6.8 < seven["params_b"] < 7.0  # LLaMA-7B (6.74 B) + the Chinese embedding rows
-    assert 19 < seven["trainable_m"] < 21 + 410 and seven["weights_gb"] > 12
-    lora_only = train.lora_budget(**train.REAL_SHAPES["Chinese-LLaMA-7B (49953 vocab)"], kbits=4,
-                                  train_embeddings=False)
-    assert lora_only["total_gb"] < seven["total_gb"] / 4 and 19 < lora_only["trainable_m"] < 21
+    from helpers import catalog
+
+    # first-generation Chinese-LLaMA-7B: LLaMA-7B's shapes with the 49953-piece vocabulary
+    first_gen = dict(catalog.get("hfl/chinese-llama-2-7b").config, vocab_size=49953)
+    seven = train.lora_budget(first_gen)
+    assert 6.8 < seven["params_b"] < 7.0  # LLaMA-7B (6.74 B) + 2 x 17953 x 4096 Chinese embedding rows = 6.89 B
+    # rank 8 on 7 projections: 32 layers x 8 x (4 x 2 x 4096 + 3 x (4096 + 11008)) = 19.99 M
+    assert 19.9 < seven["trainable_m"] - 2 * 49953 * 4096 / 1e6 < 20.1 and seven["weights_gb"] > 12
+    lora_only = train.lora_budget(first_gen, kbits=4, train_embeddings=False)
+    assert lora_only["total_gb"] < seven["total_gb"] / 4 and 19.9 < lora_only["trainable_m"] < 20.1
+    assert train.lora_budget("hfl/chinese-llama-2-1.3b")["params_b"] == 1.26  # the table's 1.3B: 4 layers
 
 
 def test_trainer_feeds_packed_batches_to_the_model(tiny_set, tmp_path, monkeypatch):
@@ -223,3 +228,62 @@ def test_trainer_feeds_packed_batches_to_the_model(tiny_set, tmp_path, monkeypat
     pos, mask, use_cache = seen[0]
     assert pos.shape[0] == 1 and mask is None and use_cache is False
     assert int((pos[0] == 0).sum()) == 4  # 4 examples per device batch, each restarting at position 0
+
+
+def _t4():
+    from helpers.device import DeviceChoice
+
+    return DeviceChoice("cuda", "float16", (7, 5), "Tesla T4", 15.0, "mocked T4")
+
+
+MINIMAL = ["--model_name_or_path", "M", "--dataset_dir", "D", "--output_dir", "O"]
+
+
+def test_mixed_precision_follows_the_device_choice(monkeypatch):
+    """A T4 (compute 7.5) trains with fp16 + loss scaling, never emulated bf16; Ampere+ with bf16; the CPU with
+    neither; what the command line says wins."""
+    from helpers.device import DeviceChoice
+
+    a100 = DeviceChoice("cuda", "bfloat16", (8, 0), "NVIDIA A100", 40.0, "mocked A100")
+    p100 = DeviceChoice("cuda", "float16", (6, 0), "Tesla P100", 16.0, "mocked P100")
+    cpu = DeviceChoice("cpu", "float32")
+    assert train.precision_flags(MINIMAL, _t4()) == ["--fp16", "True"]
+    assert train.precision_flags(MINIMAL, a100) == ["--bf16", "True"]
+    assert train.precision_flags(MINIMAL, p100) == []  # pre-Volta: float32 training
+    assert train.precision_flags(MINIMAL + ["--torch_dtype", "bfloat16"], _t4()) == ["--bf16", "True"]
+    assert train.precision_flags(MINIMAL + ["--torch_dtype=float16"], a100) == ["--fp16", "True"]
+    assert train.precision_flags(MINIMAL + ["--fp16", "False"], _t4()) == []
+    assert train.precision_flags(MINIMAL + ["--bf16"], _t4()) == []
+    monkeypatch.setattr(train, "_cuda", lambda: False)
+    assert train.precision_flags(MINIMAL, cpu) == []
+    monkeypatch.setattr(train, "_cuda", lambda: True)  # COURSE_DEVICE=cpu on a GPU machine: the Trainer must obey
+    assert train.precision_flags(MINIMAL, cpu) == ["--use_cpu", "True"]
+
+
+def test_t4_passes_fp16_to_training_arguments(monkeypatch):
+    monkeypatch.setattr(train, "choose", lambda device=None: _t4())
+    *_, t = train.parse_args(MINIMAL)
+    assert t.fp16 is True and t.bf16 is False and t.mixed_precision == "fp16"
+    *_, t = train.parse_args(MINIMAL + ["--fp16", "False"])
+    assert t.fp16 is False and t.bf16 is False
+
+
+def test_fp16_training_keeps_trainable_weights_float32(tiny_set, monkeypatch, tmp_path):
+    """fp16 base (from the T4 choice), but every trainable tensor float32: torch's GradScaler refuses fp16 grads."""
+    import torch
+
+    from helpers.tokenizer import load_tokenizer
+
+    monkeypatch.setattr(train, "choose", lambda device=None: _t4())
+    m, _, lo, t = train.parse_args(train.flags(**_sft_flags(tiny_set, tmp_path / "o")))
+    assert t.fp16 and m.torch_dtype == "auto"
+    model, _ = train.build_model(m, lo, t, load_tokenizer(tiny_set["alpaca_tok"]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = {p.dtype for p in model.parameters() if not p.requires_grad}
+    assert frozen == {torch.float16}  # the base really is half precision
+    for p in trainable:
+        p.grad = torch.ones_like(p)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(torch.tensor(1.0))
+    scaler.unscale_(torch.optim.SGD(trainable, lr=0.1))  # raises "Attempting to unscale FP16 gradients" otherwise
+    assert {p.dtype for p in trainable} == {torch.float32}

@@ -87,7 +87,7 @@ def test_failed_adapter_load_leaves_no_stale_state():
     """After a load that fails, the engine knows nothing is loaded and loads the next adapter for real."""
     calls = []
 
-    def loader(base, lora, tokenizer_path, device=None, load_in_8bit=False):
+    def loader(base, lora, tokenizer_path, device=None, load_in_8bit=False, load_in_4bit=False):
         calls.append(lora)
         if lora == "broken":
             raise CourseError("--lora_model broken: adapter_config.json is missing")
@@ -205,3 +205,31 @@ def test_gradio_api_drift():
     assert {"default_concurrency_limit"} <= set(inspect.signature(gr.Blocks.queue).parameters)
     assert {"height", "label", "elem_id"} <= set(inspect.signature(gr.Chatbot.__init__).parameters)
     assert {"font", "font_mono"} <= set(inspect.signature(gr.themes.Default.__init__).parameters)
+
+
+def test_access_hint_per_platform(monkeypatch):
+    """Local: the address; AutoDL: an SSH tunnel (the server stays on 127.0.0.1) or port 6006; Colab: the URL
+    Colab's port proxy gives for that port (asked through google.colab.output.eval_js)."""
+    import sys
+    import types
+
+    assert "http://127.0.0.1:7860" in webui.access_hint(7860, "local")
+    hint = webui.access_hint(7861, "autodl")
+    assert "ssh -CNg -L 7861:127.0.0.1:7861" in hint and "6006" in hint
+    asked = []
+    output = types.SimpleNamespace(eval_js=lambda js: asked.append(js) or "https://abc-7862-colab.googleusercontent.com/")
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    monkeypatch.setitem(sys.modules, "google", types.ModuleType("google"))
+    monkeypatch.setitem(sys.modules, "google.colab", colab)
+    monkeypatch.setitem(sys.modules, "google.colab.output", output)
+    hint = webui.access_hint(7862, "colab")
+    assert asked == ["google.colab.kernel.proxyPort(7862)"] and "https://abc-7862-colab.googleusercontent.com/" in hint
+
+
+def test_template_of_a_hub_snapshot_comes_from_the_model_table():
+    """A model downloaded with snapshot_download lives in .../snapshots/<commit>: the name is in the cache path."""
+    engine = webui.ChatEngine.__new__(webui.ChatEngine)
+    engine.fixed_template, engine.adapters = None, {webui.NO_LORA: None}
+    engine.base_model = "/hf/hub/models--hfl--chinese-alpaca-2-1.3b/snapshots/4f1c2b"
+    assert engine.guess_template(webui.NO_LORA) == "chinese-alpaca-2"

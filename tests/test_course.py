@@ -1,0 +1,42 @@
+"""The notebook harness: peak memory of what a notebook starts, the rehearsal's switches and its refusal."""
+import subprocess
+import sys
+
+import pytest
+
+from helpers import course
+from helpers.core import Course, is_rehearsal, rehearsal_budget
+
+
+def test_peak_memory_sees_a_child_process_allocation():
+    """A child that holds 600 MiB: the watcher's peak is at least that (and not absurdly more)."""
+    code = "import time; b = bytearray(600 * 2**20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.0)"
+    with course.PeakMemory(interval=0.05) as watch:
+        subprocess.run([sys.executable, "-c", code], check=True)
+    assert 0.58 < watch.kernel_gib < 0.75
+    assert watch.tree_gib >= 0.55
+
+
+def test_budget_is_the_real_value_unless_rehearsing(monkeypatch, capsys):
+    monkeypatch.delenv("COURSE_REHEARSAL", raising=False)
+    assert rehearsal_budget(100, 2, "max_steps") == 100 and not is_rehearsal()
+    assert capsys.readouterr().out == ""
+    monkeypatch.setenv("COURSE_REHEARSAL", "1")
+    c = Course(profile="real", workspace=None, device="cpu", platform="local", seed=0)
+    assert c.rehearsal and c.budget(100, 2, "max_steps") == 2
+    assert "max_steps: 2 instead of 100" in capsys.readouterr().out  # said, so nobody mistakes it for a real run
+
+
+def test_rehearse_refuses_without_a_stand_in_hub(tmp_path, capsys):
+    rc = course.main(["rehearse", "--cache_dir", str(tmp_path / "nothing-here"), "notebooks/00_overview.ipynb"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "python -m helpers.standin build" in err and "Traceback" not in err
+
+
+def test_model_names_come_from_the_catalog():
+    from helpers import catalog
+
+    c = Course(profile="real", workspace=None, device="cpu", platform="local", seed=0)
+    assert c.model_name("alpaca") == "hfl/chinese-alpaca-2-1.3b" == catalog.ROLES["alpaca"]
+    with pytest.raises(KeyError):
+        c.model_name("no-such-role")
