@@ -18,8 +18,7 @@ from .core import CourseError
 # The LLaMA-2 architecture fields every course model shares (config.json of the hfl releases).
 _LLAMA2 = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", bos_token_id=1,
                eos_token_id=2, pad_token_id=0, initializer_range=0.02, rms_norm_eps=1e-05, rope_theta=10000.0,
-               max_position_embeddings=4096, tie_word_embeddings=False, torch_dtype="float16", pretraining_tp=1,
-               attention_bias=False)
+               max_position_embeddings=4096, tie_word_embeddings=False, torch_dtype="float16", pretraining_tp=1)
 _7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
            num_key_value_heads=32)
 _1_3B = dict(_7B, num_hidden_layers=4)
@@ -98,6 +97,7 @@ MODELS: dict[str, RealModel] = {m.repo_id: m for m in [
     _llama("hfl/chinese-alpaca-2-7b-16k", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN, config=_16K,
            notes="position interpolation: rope_scaling linear x4 -> 16K context"),
     _llama("meta-llama/Llama-2-7b-hf", "base", "llama", _7B, vocab=LLAMA_VOCAB, weights=_SHARDED_ST,
+           config={"pad_token_id": None},  # Meta's config.json names no pad token
            extra_files=_SHARDED_BIN, gated=True, licence=LLAMA2_LICENCE,
            modelscope="shakechen/Llama-2-7b-hf",
            notes="gated: accept the licence on the model page, then set HF_TOKEN; publishes .bin and .safetensors"),
@@ -214,7 +214,6 @@ class Need:
     ram_gib: float
     disk_gib: float
     time: str
-    how: str = "estimate"
     notes: str = field(default="")
 
 
