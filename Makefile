@@ -12,7 +12,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUTF8 := 1
 
-.PHONY: venv course test test-helpers test-notebooks lab strip browser bench clean
+.PHONY: venv course test test-helpers test-notebooks rehearse standin lab strip browser bench clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,15 @@ test-helpers: venv
 
 test-notebooks: venv
 	$(PY) -m pytest notebooks --nbval-lax --nbval-current-env --nbval-cell-timeout=$(NBVAL_TIMEOUT) -p no:cacheprovider
+
+## The real profile rehearsed: every notebook with PROFILE="real" against the offline stand-in hub (real repo ids,
+## real configs and file layouts, real-size 1.3B models with random weights), on CPU; prints time and peak RSS.
+rehearse: standin
+	$(PY) -m helpers.course rehearse $(REHEARSE_FLAGS)
+
+## Build (or check) the stand-in hub in <workspace>/standin-hub (~10 GB; reused while up to date).
+standin: venv
+	$(PY) -m helpers.standin build
 
 ## Headless Debian chromium for the web UI test (needs root/apt; skipped with a note otherwise).
 browser:

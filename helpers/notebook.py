@@ -31,6 +31,12 @@ if "google.colab" in sys.modules:
 """
 
 
+def colab_url(notebook: str) -> str:
+    """The "Open in Colab" address of ``notebooks/<notebook>.ipynb`` on the published repository."""
+    owner_repo = COURSE_REPO.removeprefix("https://github.com/")
+    return f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{notebook}.ipynb"
+
+
 def md(text: str) -> dict:
     return {"cell_type": "markdown", "metadata": {}, "source": text.strip("\n").splitlines(keepends=True)}
 

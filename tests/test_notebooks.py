@@ -58,3 +58,12 @@ def test_colab_cell_does_nothing_outside_colab():
     scope = {"PROFILE": "tiny"}
     exec(COLAB_CELL, scope)
     assert scope["PROFILE"] == "tiny"
+
+
+def test_readme_links_every_notebook_to_colab():
+    from helpers.core import REPO_ROOT
+    from helpers.notebook import colab_url
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    missing = [p.stem for p in course.notebooks() if colab_url(p.stem) not in readme]
+    assert missing == []
