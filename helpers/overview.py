@@ -83,3 +83,10 @@ def resources_table(repos=("hfl/chinese-alpaca-2-1.3b", "hfl/chinese-alpaca-2-7b
         col.append(f"{m['seconds']:.0f} s, {m['peak_rss_gib']:.1f} GiB RSS" if m and "1.3b" in model else "")
     table["rehearsal (CPU, measured)"] = col
     return table
+
+
+def needs(step: str):
+    """The rows of :func:`resources_table` for one notebook (``"05_inference"``): estimates for 1.3B and 7B and the
+    rehearsal's measured time and peak RSS — what a notebook's real section shows."""
+    table = resources_table()
+    return table.loc[step]

@@ -67,3 +67,40 @@ def test_readme_links_every_notebook_to_colab():
     readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
     missing = [p.stem for p in course.notebooks() if colab_url(p.stem) not in readme]
     assert missing == []
+
+
+def test_colab_cell_on_colab_clones_installs_and_switches_to_real(monkeypatch, tmp_path):
+    """Simulated Colab: google.colab imported, /content replaced by a temporary folder, commands recorded."""
+    import os
+    import subprocess
+    import sys
+    import types
+
+    from helpers.notebook import COLAB_CELL, COURSE_REPO
+
+    content = tmp_path / "content"
+    calls = []
+
+    def fake_run(argv, check):
+        calls.append(argv)
+        if argv[:2] == ["git", "clone"]:
+            (Path(argv[-1]) / "notebooks").mkdir(parents=True)
+        return subprocess.CompletedProcess(argv, 0)
+
+    from pathlib import Path
+
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("COURSE_PROFILE", raising=False)
+    cell = COLAB_CELL.replace("/content", str(content))
+    scope = {"PROFILE": "tiny"}
+    exec(cell, scope)
+    course_dir = str(content / "course")
+    assert calls == [["git", "clone", "-q", "--depth", "1", COURSE_REPO, course_dir],
+                     [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-e", course_dir]]
+    assert scope["PROFILE"] == "real" and sys.path[0] == course_dir
+    assert os.getcwd() == str(content / "course" / "notebooks")
+    exec(cell, {"PROFILE": "tiny"})  # run again in the same runtime: nothing cloned or installed twice
+    assert len(calls) == 2
