@@ -29,6 +29,22 @@ class CourseError(ValueError):
     """Bad input from a student: the message names the file, field or flag and says what to do."""
 
 
+def cli_main(run, argv: list[str] | None = None, parser=None) -> int:
+    """The one wrapper every ``python -m helpers.<stage>`` uses: ``run(args)`` (or ``run(argv)`` without a
+    ``parser``) returns an exit code (``None`` = 0); a :class:`CourseError` prints ``error: <message>`` on stderr
+    and returns 2 (no traceback); Ctrl-C returns 130."""
+    try:
+        args = parser.parse_args(argv) if parser is not None else argv
+        code = run(args)
+    except CourseError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0 if code is None else int(code)
+
+
 def is_rehearsal() -> bool:
     """``make rehearse`` sets ``COURSE_REHEARSAL=1``: the real code paths against the stand-in hub, on CPU."""
     return os.environ.get("COURSE_REHEARSAL") == "1"

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
+from .core import CourseError
 # SentencePiece piece types (sentencepiece_model.proto)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
 
-class TokenizerError(ValueError):
+class TokenizerError(CourseError):
     """A tokenizer file that the course cannot use, with a message saying what to do."""
 
 
