@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .catalog import BYTES, GIB
 from .core import CourseError
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ if TYPE_CHECKING:
     from transformers import BitsAndBytesConfig
 
 DTYPES = ("bfloat16", "float16", "float32")
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1, "int4": 0.5}
-GIB = 2 ** 30
 # bitsandbytes is installed only on GPU machines (the course's pyproject runs on CPU and does not list it)
 BITSANDBYTES_VERSION = "0.50.2"
 _DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
