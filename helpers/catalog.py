@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .core import CourseError
+from .weights import kv_heads, rope_parameters
 
 # The LLaMA-2 architecture fields every course model shares (config.json of the hfl releases).
 _LLAMA2 = dict(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", bos_token_id=1,
@@ -58,9 +59,8 @@ class RealModel:
     @property
     def context(self) -> int:
         """Usable context in tokens: ``max_position_embeddings`` times a linear rope-scaling factor."""
-        scaling = self.config.get("rope_scaling") or {}
-        factor = float(scaling.get("factor", 1)) if scaling.get("type", scaling.get("rope_type")) == "linear" else 1
-        return int(self.config.get("max_position_embeddings", 0) * factor)
+        rope = rope_parameters(self.config)
+        return int(self.config.get("max_position_embeddings", 0) * (rope.factor if rope.scaling == "linear" else 1))
 
     @property
     def short_name(self) -> str:
@@ -178,7 +178,7 @@ def template_or_default(repo_or_path, template: str | None = None, default: str 
 def param_count(cfg: dict) -> int:
     """Parameters of a LLaMA with config ``cfg`` (embeddings, attention with GQA, MLP, norms, lm_head)."""
     v, h, f, n = (int(cfg[k]) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"))
-    kv = h // int(cfg["num_attention_heads"]) * int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+    kv = h // int(cfg["num_attention_heads"]) * kv_heads(cfg)
     per_layer = 2 * h * h + 2 * h * kv + 3 * h * f + 2 * h
     heads = 1 if cfg.get("tie_word_embeddings") else 2
     return heads * v * h + n * per_layer + h
@@ -187,7 +187,7 @@ def param_count(cfg: dict) -> int:
 def lora_param_count(cfg: dict, r: int, targets=LORA_TARGETS, modules_to_save=("embed_tokens", "lm_head")) -> int:
     """Trainable parameters of a LoRA of rank ``r`` on ``targets`` plus full copies of ``modules_to_save``."""
     h, f, n = (int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers"))
-    kv = h // int(cfg["num_attention_heads"]) * int(cfg.get("num_key_value_heads") or cfg["num_attention_heads"])
+    kv = h // int(cfg["num_attention_heads"]) * kv_heads(cfg)
     dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, f),
             "up_proj": (h, f), "down_proj": (f, h)}
     lora = n * sum(r * (dims[t][0] + dims[t][1]) for t in targets)
@@ -268,7 +268,7 @@ def facts_table():
         c = m.config
         rows.append({"repo": m.repo_id, "kind": m.kind, "family": m.family or "-", "vocab": c.get("vocab_size"),
                      "layers": c.get("num_hidden_layers"), "hidden": c.get("hidden_size"), "context": m.context,
-                     "rope_scaling": (c.get("rope_scaling") or {}).get("type", "-"),
+                     "rope_scaling": rope_parameters(c).scaling or "-",
                      "params_B": round(param_count(c) / 1e9, 2) if m.kind in ("base", "chat") else "-",
                      "fp16_GiB": round(weights_gib(c), 1) if m.kind in ("base", "chat") else "-",
                      "gated": m.gated})

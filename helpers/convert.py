@@ -19,8 +19,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from .core import CourseError
+from .core import CourseError, cli_main
 from .io import read_json
+from .weights import (  # noqa: F401  (permute_* and load_hf_state_dict stay convert's public names)
+    hf_to_meta_tensor, load_hf_state_dict, load_torch_file, meta_to_hf_tensor, name_pairs, permute_hf_to_meta,
+    permute_meta_to_hf, rope_parameters)
 
 # Meta tensor-parallel split dimension per weight (None = replicated in every shard).
 META_SPLIT_DIM = {
@@ -37,31 +40,6 @@ META_SPLIT_DIM = {
     "attention_norm": None,
     "ffn_norm": None,
 }
-
-HF_NAMES = {
-    "attention.wq": "self_attn.q_proj",
-    "attention.wk": "self_attn.k_proj",
-    "attention.wv": "self_attn.v_proj",
-    "attention.wo": "self_attn.o_proj",
-    "feed_forward.w1": "mlp.gate_proj",
-    "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj",
-    "attention_norm": "input_layernorm",
-    "ffn_norm": "post_attention_layernorm",
-}
-
-
-def permute_meta_to_hf(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Interleaved rotary rows (Meta) -> half-split rows (HF), per head."""
-    rows, cols = w.shape
-    return w.view(n_heads, rows // n_heads // 2, 2, cols).transpose(1, 2).reshape(rows, cols)
-
-
-def permute_hf_to_meta(w: torch.Tensor, n_heads: int) -> torch.Tensor:
-    """Half-split rows (HF) -> interleaved rotary rows (Meta): the inverse of :func:`permute_meta_to_hf`."""
-    rows, cols = w.shape
-    return w.view(n_heads, 2, rows // n_heads // 2, cols).transpose(1, 2).reshape(rows, cols)
-
 
 def ffn_dim(dim: int, multiple_of: int, ffn_dim_multiplier: float | None = None) -> int:
     """LLaMA's feed-forward width rule (``params.json`` does not store it)."""
@@ -92,38 +70,25 @@ def meta_params_from_config(config, multiple_of: int = 4, ffn_dim_multiplier: fl
             f"multiple_of={multiple_of}, ffn_dim_multiplier={ffn_dim_multiplier} (expected {expected}); "
             "use meta_params(config), which finds the matching values"
         )
-    theta = _rope_theta(config)
-    if theta != 10000.0:
-        params["rope_theta"] = theta
+    rope = rope_parameters(config)
+    if rope.scaling is not None:
+        raise ConvertError(f"rope scaling {rope.scaling!r} x{rope.factor} (a long-context model) has no place in "
+                           "Meta's params.json; keep this model in Hugging Face format")
+    if rope.theta != 10000.0:
+        params["rope_theta"] = rope.theta
     if ffn_dim_multiplier is not None:
         params["ffn_dim_multiplier"] = ffn_dim_multiplier
     return params
 
 
-def _rope_theta(config) -> float:
-    rp = getattr(config, "rope_parameters", None) or {}
-    if isinstance(rp, dict) and "rope_theta" in rp:
-        return float(rp["rope_theta"])
-    return float(getattr(config, "rope_theta", 10000.0))
+def _n_layers(sd: dict, prefix: str) -> int:
+    return len({int(k.split(".")[prefix.count(".")]) for k in sd if k.startswith(prefix)})
 
 
 def hf_to_meta_state_dict(sd: dict[str, torch.Tensor], n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
-    """One unsplit Meta state dict from an HF ``LlamaForCausalLM`` state dict."""
-    out = {
-        "tok_embeddings.weight": sd["model.embed_tokens.weight"],
-        "norm.weight": sd["model.norm.weight"],
-        "output.weight": sd["lm_head.weight"] if "lm_head.weight" in sd else sd["model.embed_tokens.weight"],
-    }
-    layer_ids = sorted({int(k.split(".")[2]) for k in sd if k.startswith("model.layers.")})
-    for i in layer_ids:
-        for meta, hf in HF_NAMES.items():
-            w = sd[f"model.layers.{i}.{hf}.weight"]
-            if meta == "attention.wq":
-                w = permute_hf_to_meta(w, n_heads)
-            elif meta == "attention.wk":
-                w = permute_hf_to_meta(w, n_kv_heads)
-            out[f"layers.{i}.{meta}.weight"] = w
-    return out
+    """One unsplit Meta state dict from an HF ``LlamaForCausalLM`` state dict (tied embeddings give ``output``)."""
+    sd = {"lm_head.weight": sd["model.embed_tokens.weight"], **sd}
+    return dict(hf_to_meta_tensor(hf, sd[hf], n_heads, n_kv_heads) for _, hf in name_pairs(_n_layers(sd, "model.layers.")))
 
 
 def split_dim(key: str) -> int | None:
@@ -171,16 +136,8 @@ class ConvertError(CourseError):
 
 
 def _load_pth(path: Path) -> dict[str, torch.Tensor]:
-    """``torch.load(weights_only=True)`` with errors that name the file (truncated, not a checkpoint, ...)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as first:  # mmap needs the zip format; retry without it to get the real error
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ConvertError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: "
-                               f"{str(e).splitlines()[0].split('. ')[0][:200]}). The file is truncated or corrupt: download it "
-                               "again and compare its checksum with checklist.chk") from first
+    """A Meta shard through :func:`helpers.weights.load_torch_file` (errors name the file and the checksum list)."""
+    return load_torch_file(path, hint="download it again and compare its checksum with checklist.chk")
 
 
 def read_params(ckpt_dir: str | Path) -> dict:
@@ -273,18 +230,8 @@ def check_meta_shapes(sd: dict[str, torch.Tensor], params: dict, where) -> dict:
 def meta_to_hf_state_dict(sd: dict[str, torch.Tensor], n_heads: int, n_kv_heads: int) -> dict[str, torch.Tensor]:
     """An HF ``LlamaForCausalLM`` state dict from one (merged) Meta state dict: the inverse of
     :func:`hf_to_meta_state_dict` (q/k rows permuted from interleaved to half-split rotary)."""
-    out = {"model.embed_tokens.weight": sd["tok_embeddings.weight"], "model.norm.weight": sd["norm.weight"],
-           "lm_head.weight": sd["output.weight"]}
-    layer_ids = sorted({int(k.split(".")[1]) for k in sd if k.startswith("layers.")})
-    for i in layer_ids:
-        for meta, hf in HF_NAMES.items():
-            w = sd[f"layers.{i}.{meta}.weight"]
-            if meta == "attention.wq":
-                w = permute_meta_to_hf(w, n_heads)
-            elif meta == "attention.wk":
-                w = permute_meta_to_hf(w, n_kv_heads)
-            out[f"model.layers.{i}.{hf}.weight"] = w.contiguous()
-    return out
+    pairs = (meta_to_hf_tensor(m, sd[m], n_heads, n_kv_heads) for m, _ in name_pairs(_n_layers(sd, "layers.")))
+    return {name: w.contiguous() for name, w in pairs}
 
 
 def guess_llama_version(params: dict) -> int:
@@ -348,28 +295,6 @@ def meta_to_hf(input_dir: str | Path, model_size: str, output_dir: str | Path, l
         save_torch_state_dict(hf_sd, tmp, max_shard_size=max_shard_size)
         save_hf_tokenizer(tok_file, tmp)
     return Path(output_dir)
-
-
-def load_hf_state_dict(model_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The full state dict of an HF model folder (``model.safetensors``, sharded with an index, or ``.bin``)."""
-    from safetensors.torch import load_file
-
-    d = Path(model_dir)
-    if (d / "model.safetensors").is_file():
-        return load_file(str(d / "model.safetensors"))
-    index = d / "model.safetensors.index.json"
-    if index.is_file():
-        sd = {}
-        for name in sorted(set(read_json(index)["weight_map"].values())):
-            sd.update(load_file(str(d / name)))
-        return sd
-    bins = sorted(d.glob("pytorch_model*.bin"))
-    if bins:
-        sd = {}
-        for f in bins:
-            sd.update(_load_pth(f))
-        return sd
-    raise ConvertError(f"{d}: no model.safetensors, model.safetensors.index.json or pytorch_model*.bin found")
 
 
 def guess_multiple_of(config) -> tuple[int, float | None]:
@@ -476,8 +401,8 @@ def load_meta_checkpoint(ckpt_dir: str | Path) -> tuple[dict[str, torch.Tensor],
 
 
 # =========================================================================== CLI
-def main(argv=None) -> int:
-    """``python -m helpers.convert --input_dir D --model_size 7B --output_dir O [--to hf|meta]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.convert`` (the flags of transformers' convert_llama_weights_to_hf)."""
     ap = argparse.ArgumentParser(prog="python -m helpers.convert",
                                  description="Meta consolidated.*.pth <-> Hugging Face LlamaForCausalLM")
     ap.add_argument("--input_dir", required=True, help="Meta: folder with tokenizer.model and <model_size>/; "
@@ -491,20 +416,26 @@ def main(argv=None) -> int:
                     "(default from --model_size: 7B 1, 13B 2, 30B 4, 65B/70B 8)")
     ap.add_argument("--max_shard_size", default="2GB", help="safetensors shard size of the HF output")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
-    args = ap.parse_args(argv)
-    try:
-        if args.to == "hf":
-            if not args.model_size:
-                raise ConvertError("--model_size is required for Meta -> HF (the sub-folder of --input_dir, e.g. 7B)")
-            out = meta_to_hf(args.input_dir, args.model_size, args.output_dir, args.llama_version, args.overwrite,
-                             args.max_shard_size)
-        else:
-            out = hf_to_meta(args.input_dir, args.output_dir, args.num_shards, args.model_size, args.overwrite)
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return ap
+
+
+def _run(args) -> int:
+    """The CLI: convert in the direction ``--to`` asks, then list the files written."""
+    if args.to == "hf":
+        if not args.model_size:
+            raise ConvertError("--model_size is required for Meta -> HF (the sub-folder of --input_dir, e.g. 7B)")
+        out = meta_to_hf(args.input_dir, args.model_size, args.output_dir, args.llama_version, args.overwrite,
+                         args.max_shard_size)
+    else:
+        out = hf_to_meta(args.input_dir, args.output_dir, args.num_shards, args.model_size, args.overwrite)
     print(f"wrote {out}: " + ", ".join(sorted(p.name for p in Path(out).iterdir())))
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m helpers.convert --input_dir D --model_size 7B --output_dir O [--to hf|meta]``; returns the exit
+    code (2 with a message on bad input)."""
+    return cli_main(_run, argv, build_parser())
 
 
 if __name__ == "__main__":

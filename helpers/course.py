@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
+import os
+import platform
+import threading
 import time
 from pathlib import Path
 
-from .core import REPO_ROOT
+from . import standin
+from .core import REPO_ROOT, cli_main
+from .io import write_json
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COURSE = [
@@ -97,8 +102,6 @@ class PeakMemory:
         self.interval, self.kernel_kib, self.tree_kib = interval, 0, 0
 
     def __enter__(self):
-        import threading
-
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
@@ -139,8 +142,6 @@ def run(paths: list[Path], profile: str = "tiny", out_dir: Path | None = None, t
         memory: bool = False) -> list[dict]:
     """Execute notebooks headless with papermill (``PROFILE`` injected); returns per-notebook timings
     (and, with ``memory``, the peak RSS of the kernel and of all processes it started)."""
-    import logging
-
     import papermill as pm
 
     # papermill logs "Unable to parse line" for parameters with trailing comments; the values are still injected
@@ -186,12 +187,6 @@ def rehearse(paths: list[Path] | None = None, out_dir: Path | None = None, timeo
     output). Returns the per-notebook rows; with ``record`` writes them to ``data/rehearsal.json``, the figures
     the real sections and notebook 00 show.
     """
-    import os
-    import platform
-
-    from . import standin
-    from .io import write_json
-
     standin.require(cache_dir)
     saved = dict(os.environ)
     try:
@@ -221,7 +216,8 @@ def read_rehearsal() -> dict:
     return json.loads(REHEARSAL_RECORD.read_text(encoding="utf-8"))
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.course`` (sub-commands run, rehearse, strip, check)."""
     ap = argparse.ArgumentParser(prog="python -m helpers.course", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -238,24 +234,20 @@ def main(argv: list[str] | None = None) -> int:
     h.add_argument("--record", action="store_true", help="write the figures to data/rehearsal.json")
     sub.add_parser("strip", help="remove outputs from the committed notebooks")
     sub.add_parser("check", help="check the committed notebooks")
-    args = ap.parse_args(argv)
-    if args.cmd == "run":
-        paths = [Path(p) for p in args.notebooks] or notebooks()
-        total = time.perf_counter()
-        results = run(paths, args.profile, Path(args.out), args.timeout)
-        print(f"{'total':40s} {time.perf_counter() - total:7.1f} s  ({len(results)} notebooks, outputs in {args.out})")
-        return 1 if any(r["status"] != "ok" for r in results) else 0
-    if args.cmd == "rehearse":
-        from .core import CourseError
+    return ap
 
-        paths = [Path(p) for p in args.notebooks] or notebooks()
-        total = time.perf_counter()
-        try:
-            rows = rehearse(paths, Path(args.out), args.timeout, args.record,
-                            Path(args.cache_dir) if args.cache_dir else None)
-        except CourseError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+
+def _run(args) -> int:
+    """The CLI: one sub-command; returns 1 when a notebook failed or a check found a problem."""
+    paths = [Path(p) for p in getattr(args, "notebooks", [])] or notebooks()
+    total = time.perf_counter()
+    if args.cmd == "run":
+        rows = run(paths, args.profile, Path(args.out), args.timeout)
+        print(f"{'total':40s} {time.perf_counter() - total:7.1f} s  ({len(rows)} notebooks, outputs in {args.out})")
+        return 1 if any(r["status"] != "ok" for r in rows) else 0
+    if args.cmd == "rehearse":
+        rows = rehearse(paths, Path(args.out), args.timeout, args.record,
+                        Path(args.cache_dir) if args.cache_dir else None)
         print(f"{'total':40s} {time.perf_counter() - total:7.1f} s  ({len(rows)} notebooks, PROFILE=real, "
               f"stand-in hub, CPU; outputs in {args.out})")
         return 1 if any(r["status"] != "ok" for r in rows) else 0
@@ -271,5 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if any(bad.values()) else 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.course run|rehearse|strip|check``; returns the exit code (2 with a message on bad input)."""
+    return cli_main(_run, argv, build_parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -22,19 +22,19 @@ import json
 import os
 import random
 import re
-import sys
 import time
 import unicodedata
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 
-from .core import DATA_DIR, CourseError
+from .core import DATA_DIR, CourseError, cli_main
 from .io import read_json, write_json
+from .vocab import CJK  # one definition of a Chinese character (CJK ideographs, Ext. A, compatibility)
 
 TOPICS_FILE = DATA_DIR / "crawl_topics.json"
 ANSWERS_DIR = DATA_DIR / "crawl_answers"
-CJK = re.compile(r"[\u4e00-\u9fff]")
 KEY_ALIASES = {
     "instruction": ("instruction", "指令", "问题", "prompt", "question"),
     "input": ("input", "输入", "context"),
@@ -237,8 +237,6 @@ class Deduper:
 
     def check(self, rec: dict) -> tuple[int, float] | None:
         """``(id of the earlier record, similarity)`` when ``rec`` duplicates one, else ``None``."""
-        from difflib import SequenceMatcher
-
         key = self.key(rec)
         if key in self.exact:
             return self.exact[key], 1.0
@@ -502,6 +500,7 @@ def crawl(output: str | Path, rounds: int, client, model: str, topics: str | Pat
 
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.crawl``."""
     p = argparse.ArgumentParser(prog="python -m helpers.crawl",
                                 description="Crawl Chinese instruction data from any OpenAI-compatible endpoint")
     p.add_argument("output", help="append-only crawl log (JSONL, one line per round); re-run to resume")
@@ -523,28 +522,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Crawl, then export; prints the totals. Returns 0, or 2 on bad input / endpoint failure."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.rounds < 1:
-            raise CrawlError("--rounds must be at least 1")
-        client = make_client(args.base_url, args.api_key_env, args.timeout)
-        params = {"temperature": args.temperature}
-        if args.max_tokens:
-            params["max_tokens"] = args.max_tokens
-        totals = crawl(args.output, args.rounds, client, args.model, topics=args.topics,
-                       records_per_round=args.records_per_round, seed=args.seed, threshold=args.similarity,
-                       max_retries=args.max_retries, backoff=args.backoff, **params)
-        out = Path(args.export or Path(args.output).with_suffix(".alpaca.json"))
-        export_alpaca(args.output, out)
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(totals, ensure_ascii=False))
-    print(f"Alpaca JSON: {out} ({totals['records']} records)")
+def _run(args) -> int:
+    """The CLI: crawl (or resume), export the Alpaca JSON, print the totals."""
+    if args.rounds < 1:
+        raise CrawlError("--rounds must be at least 1")
+    client = make_client(args.base_url, args.api_key_env, args.timeout)
+    params = {"temperature": args.temperature}
+    if args.max_tokens:
+        params["max_tokens"] = args.max_tokens
+    totals = crawl(args.output, args.rounds, client, args.model, topics=args.topics,
+                   records_per_round=args.records_per_round, seed=args.seed, threshold=args.similarity,
+                   max_retries=args.max_retries, backoff=args.backoff, **params)
+    out = Path(args.export or Path(args.output).with_suffix(".alpaca.json"))
+    export_alpaca(args.output, out)
+    print(json.dumps(totals, ensure_ascii=False), f"Alpaca JSON: {out} ({totals['records']} records)", sep="\n")
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """Crawl, then export; prints the totals. Returns 0, or 2 with a message on bad input / endpoint failure."""
+    return cli_main(_run, argv, build_parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -19,6 +19,7 @@ attend to each other).
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .core import CourseError
-from .io import read_json
+from .io import atomic_dir, read_json, write_json
 from .prompts import ALPACA2_SYSTEM, TEMPLATES, build_prompt, join_instruction
 
 IGNORE_INDEX = -100
@@ -50,8 +51,12 @@ def read_json_records(path: str | Path) -> list:
     if not path.is_file():
         raise CourseError(f"{path}: file not found (check --dataset_dir / --validation_file)")
     if path.suffix == ".jsonl":
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CourseError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); save the data as UTF-8") from e
         records = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        for n, line in enumerate(text.splitlines()):
             if not line.strip():
                 continue
             try:
@@ -326,8 +331,6 @@ def cached(data_cache_dir: str | Path | None, key: str, build):
     stats_file = target / "token_stats.json"
     if stats_file.is_file():
         return load_from_disk(str(target / "dataset")), TokenStats(**read_json(stats_file))
-    from .io import atomic_dir, write_json
-
     ds, stats = build()
     with atomic_dir(target, overwrite=True) as tmp:
         ds.save_to_disk(str(tmp / "dataset"))
@@ -336,43 +339,34 @@ def cached(data_cache_dir: str | Path | None, key: str, build):
 
 
 # --------------------------------------------------------------------------- batching
-class SupervisedCollator:
-    """Pad a batch of ``input_ids``/``labels`` rows on the right: to the longest row or to ``max_length``."""
+def make_collator(tokenizer, packing: str = "flatten", max_seq_length: int | None = None,
+                  pad_to_multiple_of: int | None = None):
+    """Returns the batch collator for ``packing`` in ``flatten`` | ``longest`` | ``pad_to_max``.
 
-    def __init__(self, pad_token_id: int, max_length: int | None = None):
-        self.pad_token_id = pad_token_id
-        self.max_length = max_length
-
-    def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        width = self.max_length or max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
-        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for i, f in enumerate(features):
-            n = len(f["input_ids"])
-            ids[i, :n] = torch.as_tensor(f["input_ids"])
-            labels[i, :n] = torch.as_tensor(f["labels"])
-            mask[i, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
-
-
-def make_collator(tokenizer, packing: str = "flatten", max_seq_length: int | None = None):
-    """The batch collator for ``packing`` in ``flatten`` | ``longest`` | ``pad_to_max``."""
+    ``longest`` / ``pad_to_max`` are ``transformers.DataCollatorForSeq2Seq``: rows padded on the right (to the
+    longest row, or to ``max_seq_length``; then up to a multiple of ``pad_to_multiple_of``), labels with -100,
+    the pad token (unk when the tokenizer has none, as LLaMA's). It pads on the tokenizer's side, so it gets a
+    copy padded on the right: the course tokenizers pad on the left for generation.
+    """
     if packing == "flatten":
         from transformers import DataCollatorWithFlattening
 
         # labels of each example's first token become -100, so no example learns from the one before it
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.unk_token_id
-    if packing == "longest":
-        return SupervisedCollator(pad)
-    if packing == "pad_to_max":
-        if not max_seq_length:
-            raise CourseError("--packing pad_to_max needs --max_seq_length")
-        return SupervisedCollator(pad, max_seq_length)
-    raise CourseError(f"--packing {packing!r}: choose one of {PACKING_MODES}")
+    if packing not in PACKING_MODES:
+        raise CourseError(f"--packing {packing!r}: choose one of {PACKING_MODES}")
+    if packing == "pad_to_max" and not max_seq_length:
+        raise CourseError("--packing pad_to_max needs --max_seq_length")
+    from transformers import DataCollatorForSeq2Seq
+
+    right = copy.deepcopy(tokenizer)
+    right.padding_side = "right"
+    if right.pad_token is None:
+        right.pad_token = right.unk_token  # LLaMA has no pad token; unk is never a target (labels are -100)
+    return DataCollatorForSeq2Seq(right, padding="max_length" if packing == "pad_to_max" else "longest",
+                                  max_length=max_seq_length if packing == "pad_to_max" else None,
+                                  pad_to_multiple_of=pad_to_multiple_of, label_pad_token_id=IGNORE_INDEX,
+                                  return_tensors="pt")
 
 
 def non_pad_share(batch: dict) -> float:

@@ -28,12 +28,11 @@ import difflib
 import os
 import shlex
 import shutil
-import sys
 from pathlib import Path
 
 from . import catalog
 from .catalog import TOKENIZER_FILES, RealModel
-from .core import CourseError
+from .core import CourseError, cli_main
 
 WHATS = ("model", "tokenizer", "config")
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -411,6 +410,7 @@ def download_size(repo_or_role: str, what: str = "model", *, cache_dir: str | Pa
 
 # --------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.hub download|size|modelscope``."""
     ap = argparse.ArgumentParser(prog="python -m helpers.hub", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -428,22 +428,22 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _run(args) -> int:
+    """The CLI: print the snapshot folder, the download size or the ModelScope command."""
+    if args.cmd == "download":
+        print(download(args.repo, args.what, cache_dir=args.cache_dir, revision=args.revision))
+    elif args.cmd == "size":
+        n = download_size(args.repo, args.what, cache_dir=args.cache_dir, revision=args.revision)
+        print(f"{n} bytes ({_human(n)})")
+    else:
+        print(modelscope_command(args.repo, args.what, args.local_dir))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.hub download|size|modelscope REPO``; returns the exit code (2 for bad input)."""
-    args = build_parser().parse_args(argv)
-    try:
-        if args.cmd == "download":
-            print(download(args.repo, args.what, cache_dir=args.cache_dir, revision=args.revision))
-        elif args.cmd == "size":
-            n = download_size(args.repo, args.what, cache_dir=args.cache_dir, revision=args.revision)
-            print(f"{n} bytes ({_human(n)})")
-        else:
-            print(modelscope_command(args.repo, args.what, args.local_dir))
-        return 0
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(_run, argv, build_parser())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -14,10 +14,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from .core import CourseError
+from .core import CourseError, cli_main
 from .generation import GENERATION_DEFAULTS, generate, generation_kwargs, stream
 from .io import write_json
-from .modeling import add_model_arguments, apply_model_arguments
+from .modeling import add_model_arguments, apply_model_arguments, load_model
 from .prompts import build_prompt, get_family, render, stop_strings
 
 SAMPLE_DATA = ["为什么要减少污染，保护环境？"]  # the original script's sample when no --data_file is given
@@ -38,12 +38,15 @@ def make_prompt(instruction: str, with_prompt: bool, template: str = "alpaca") -
 
 
 def read_instructions(path: str | Path) -> list[str]:
-    """One instruction per non-empty line of a UTF-8 file (``--data_file``)."""
+    """Returns the instructions of a UTF-8 file (``--data_file``): one per non-empty line, stripped."""
     p = Path(path)
     if not p.is_file():
         raise CourseError(f"--data_file {p}: file not found (one instruction per line, UTF-8)")
-    lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines()]
-    lines = [x for x in lines if x]
+    try:
+        lines = [x.strip() for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
+    except UnicodeDecodeError as e:
+        raise CourseError(f"--data_file {p}: not UTF-8 ({e.reason} at byte {e.start}); convert it, e.g. "
+                          "iconv -f gbk -t utf-8") from e
     if not lines:
         raise CourseError(f"--data_file {p}: no instructions (write one instruction per line)")
     return lines
@@ -89,6 +92,7 @@ def interactive(model, tokenizer, with_prompt: bool, template: str = "alpaca", s
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.infer`` (the flags of the original inference_hf.py)."""
     p = argparse.ArgumentParser(prog="python -m helpers.infer", description=__doc__.split("\n\n")[0])
     add_model_arguments(p, lora_help="LoRA folder; none: the base model alone")
     p.add_argument("--data_file", default=None, help="instructions, one per line")
@@ -104,23 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.infer ...``; returns the exit code (2 with a message on bad input)."""
-    from .tokenizer import TokenizerError
-
-    args = build_parser().parse_args(argv)
-    try:
-        get_family(args.template)
-        if args.batch_size < 1:
-            raise CourseError("--batch_size must be >= 1")
-        options = apply_model_arguments(args)
-        instructions = read_instructions(args.data_file) if args.data_file and not args.interactive else None
-        from .modeling import load_model
-
-        model, tokenizer = load_model(args.base_model, args.lora_model, args.tokenizer_path, **options)
-    except (CourseError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _run(args) -> int:
+    """The CLI: check the flags, load the model, then the interactive loop or the file mode."""
+    get_family(args.template)
+    if args.batch_size < 1:
+        raise CourseError("--batch_size must be >= 1")
+    options = apply_model_arguments(args)
+    instructions = read_instructions(args.data_file) if args.data_file and not args.interactive else None
+    model, tokenizer = load_model(args.base_model, args.lora_model, args.tokenizer_path, **options)
     gen = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")}
     if args.interactive:
         interactive(model, tokenizer, args.with_prompt, args.template, **gen)
@@ -134,6 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     path = write_predictions(results, args.predictions_file, config)
     print(f"wrote {path} and {path.parent / 'generation_config.json'}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.infer ...``; returns the exit code (2 with a message on bad input)."""
+    return cli_main(_run, argv, build_parser())
 
 
 if __name__ == "__main__":

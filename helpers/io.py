@@ -93,10 +93,14 @@ def sha256_tree(folder: str | Path) -> dict[str, str]:
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in tree_files(folder)}
 
 
-def write_manifest(folder: str | Path, name: str = MANIFEST) -> Path:
-    """Write ``sha256sum``-compatible lines (``<hash>  <path>``) for every file in ``folder``."""
+def write_manifest(folder: str | Path, name: str = MANIFEST, known: dict[str, str] | None = None) -> Path:
+    """Write ``sha256sum``-compatible lines (``<hash>  <path>``) for every file in ``folder``; ``known`` gives
+    digests computed while the files were written (``{relative path: sha256}``), the others are read and hashed."""
     folder = Path(folder)
-    lines = [f"{digest}  {rel}" for rel, digest in sha256_tree(folder).items()]
+    known = known or {}
+    digests = {p.relative_to(folder).as_posix(): known.get(p.relative_to(folder).as_posix()) or sha256_file(p)
+               for p in tree_files(folder)}
+    lines = [f"{digest}  {rel}" for rel, digest in digests.items()]
     return atomic_write_text(folder / name, "\n".join(lines) + "\n")
 
 

@@ -9,7 +9,7 @@ its ``SHA256SUMS``.
 
 Streaming: the whole merge plan (every output tensor's name, shape and dtype) is known from the
 shard headers and the adapters before any weight is read, so output safetensors files are written
-tensor by tensor (header first) while the base is read one tensor at a time. Peak memory is about
+tensor by tensor (header first) while the base is read one tensor at a time (helpers.weights). Peak memory is about
 the adapters plus a few copies of the largest tensor (safetensors input), or one memory-mapped shard
 (``.bin`` input), never the whole model (benchmark P2).
 """
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
-import mmap
 import re
 import shutil
 import sys
@@ -28,154 +26,49 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import CourseError
+from .core import CourseError, cli_main
 from .io import MANIFEST, atomic_dir, read_json, verify_manifest, write_json, write_manifest
+from .weights import (  # noqa: F401  (StreamingSafetensorsWriter: benchmarks time merge's writes)
+    StreamingSafetensorsWriter, WeightReader, hf_to_meta_tensor, kv_heads, mapped_tensors, meta_key, nbytes)
 
 EMBED = "model.embed_tokens.weight"
 LM_HEAD = "lm_head.weight"
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 # Meta's release: shards per model size, keyed by hidden size (as in merge_llama_with_chinese_lora.py).
 META_NUM_SHARDS = {4096: 1, 5120: 2, 6656: 4, 8192: 8}
-ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
-             "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
 
 class MergeError(CourseError):
     """A merge that cannot be done as asked; the message says why and what to do."""
 
 
-# --------------------------------------------------------------------------- reading the base
-def _torch_dtype(name: str):
-    import torch
-
-    return getattr(torch, ST_DTYPES[name])
-
-
-def _st_name(dtype) -> str:
-    import torch
-
-    for k, v in ST_DTYPES.items():
-        if getattr(torch, v) == dtype:
-            return k
-    raise MergeError(f"dtype {dtype} cannot be written to safetensors")
-
-
-def base_weight_files(base_model: str | Path) -> list[Path]:
-    """The base model's weight files in order (safetensors or .bin, single file or sharded with an index)."""
-    base = Path(base_model)
-    if not (base / "config.json").is_file():
-        raise MergeError(f"--base_model {base}: no config.json; pass a Hugging Face model folder "
-                         "(convert Meta's consolidated.*.pth first with python -m helpers.convert)")
-    for index, single in (("model.safetensors.index.json", "model.safetensors"),
-                          ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        if (base / index).is_file():
-            weight_map = read_json(base / index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise MergeError(f"{base / index}: no 'weight_map'; the index file is damaged")
-            files = list(dict.fromkeys(weight_map.values()))
-            missing = [f for f in files if not (base / f).is_file()]
-            if missing:
-                raise MergeError(f"{base / index} lists {missing} but they are missing from {base}; download them again")
-            return [base / f for f in files]
-        if (base / single).is_file():
-            return [base / single]
-    raise MergeError(f"--base_model {base}: no model.safetensors(.index.json) or pytorch_model.bin(.index.json) found")
-
-
-class _Reader:
-    """Read tensors of one weight file one at a time.
-
-    safetensors: the header is parsed here and each tensor is read with ``readinto`` into its own buffer
-    (no memory map, so only the tensor in hand is resident; the format is a JSON header + raw bytes, and
-    the library has no "read one tensor without mapping the file" call). ``.bin``: ``torch.load`` with
-    ``weights_only=True`` and ``mmap=True``.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path
-        self._f = None
-        self._sd = None
-        try:
-            if path.suffix == ".safetensors":
-                self._open_safetensors(path)
-            else:
-                import torch
-
-                try:
-                    self._sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                except RuntimeError as e:
-                    if "mmap" not in str(e):
-                        raise
-                    self._sd = torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-                if not isinstance(self._sd, dict):
-                    raise MergeError(f"{path}: expected a state dict, found {type(self._sd).__name__}")
-                self.keys = list(self._sd)
-        except MergeError:
-            raise
-        except Exception as e:
-            raise MergeError(f"{path}: cannot read it ({type(e).__name__}: {str(e)[:200]}). The file looks truncated "
-                             "or corrupt: download it again and compare its SHA256 with the published value") from e
-
-    def _open_safetensors(self, path: Path) -> None:
-        size = path.stat().st_size
-        with open(path, "rb") as f:  # reopened below only when the header is sound
-            n = int.from_bytes(f.read(8), "little")
-            if size < 8 or n <= 0 or 8 + n > size:
-                raise MergeError(f"{path}: the safetensors header says {n} bytes but the file has {size}: the file is "
-                                 "truncated or corrupt; download it again and compare its SHA256")
-            header = json.loads(f.read(n))
-        header.pop("__metadata__", None)
-        end = max((v["data_offsets"][1] for v in header.values()), default=0)
-        if 8 + n + end != size:
-            raise MergeError(f"{path}: the header needs {8 + n + end} bytes but the file has {size}: the file is "
-                             "truncated or corrupt; download it again and compare its SHA256")
-        self._header, self._start = header, 8 + n
-        self.keys = sorted(header, key=lambda k: header[k]["data_offsets"][0])
-        self._f = open(path, "rb")
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._header[key]["shape"]) if self._f else tuple(self._sd[key].shape)
-
-    def dtype(self, key: str):
-        return _torch_dtype(self._header[key]["dtype"]) if self._f else self._sd[key].dtype
-
-    def get(self, key: str):
-        if self._f is None:
-            return self._sd[key]
-        import torch
-
-        begin, end = self._header[key]["data_offsets"]
-        buf = bytearray(end - begin)
-        self._f.seek(self._start + begin)
-        if self._f.readinto(buf) != len(buf):
-            raise MergeError(f"{self.path}: cannot read tensor {key}; the file is truncated or corrupt")
-        dtype, shape = self.dtype(key), self.shape(key)
-        if not buf:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
-
-    def close(self):
-        if self._f is not None:
-            self._f.close()
-        self._f = self._sd = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 # --------------------------------------------------------------------------- adapters
+@dataclass(frozen=True)
+class Saved:
+    """A full tensor stored in an adapter file (modules_to_save, or the original it was trained on), read only when
+    it is needed and released after: a 55296-row embedding is 0.4 GiB in fp16, and a memory-mapped ``.bin`` keeps
+    every page it touched resident while any tensor of it is alive."""
+
+    folder: Path
+    key: str
+    shape: tuple
+    dtype: object
+
+    def load(self):
+        """The tensor, read now from the adapter file."""
+        with WeightReader(self.folder, "--lora_model", adapter=True) as r:
+            return r.get(self.key)
+
+
 @dataclass
 class Adapter:
-    """One PEFT LoRA folder, fully in memory (adapters are small next to the base)."""
+    """One PEFT LoRA folder: the LoRA matrices in memory (small), full saved tensors as :class:`Saved` handles."""
 
     path: Path
     config: dict
     lora: dict = field(default_factory=dict)         # base key -> (A, B)
-    replace: dict = field(default_factory=dict)      # base key -> full tensor (modules_to_save)
-    original: dict = field(default_factory=dict)     # base key -> base tensor the adapter was trained on
+    replace: dict = field(default_factory=dict)      # base key -> Saved full tensor (modules_to_save)
+    original: dict = field(default_factory=dict)     # base key -> Saved base tensor the adapter was trained on
     tokenizer_len: int | None = None
 
     @property
@@ -202,6 +95,14 @@ class Adapter:
         d = (b.float() @ a.float()) * self.scaling(key)
         return d.T if self.config.get("fan_in_fan_out") else d
 
+    def add_delta_(self, acc, key: str) -> None:
+        """``acc += B @ A * scaling`` in place (float32 ``acc``): one fused matrix product, no temporaries."""
+        a, b = self.lora[key]
+        if self.config.get("fan_in_fan_out"):
+            acc.addmm_(a.float().T, b.float().T, alpha=self.scaling(key))
+        else:
+            acc.addmm_(b.float(), a.float(), alpha=self.scaling(key))
+
 
 def _pattern_value(patterns: dict, module: str, default):
     for pat, value in patterns.items():  # the same regex as peft.utils.other.get_pattern_key
@@ -215,8 +116,6 @@ _LORA_KEY = re.compile(r"^(?P<mod>.+)\.lora_(?P<ab>[AB])(?:\.[^.]+)?\.weight$")
 
 def load_adapter(path: str | Path) -> Adapter:
     """Read a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors/.bin + tokenizer)."""
-    import torch
-
     path = Path(path)
     if not (path / "adapter_config.json").is_file():
         raise MergeError(f"--lora_model {path}: no adapter_config.json; pass a PEFT LoRA folder "
@@ -228,39 +127,25 @@ def load_adapter(path: str | Path) -> Adapter:
         raise MergeError(f"{path}: DoRA adapters are not supported by the streaming merge; use PEFT's merge_and_unload")
     if config.get("bias", "none") != "none" or config.get("lora_bias"):
         raise MergeError(f"{path}: LoRA biases are not supported by the streaming merge; use PEFT's merge_and_unload")
-    weights = path / "adapter_model.safetensors"
-    try:
-        if weights.is_file():
-            from safetensors.torch import load_file
-
-            sd = load_file(str(weights))
-        elif (path / "adapter_model.bin").is_file():
-            weights = path / "adapter_model.bin"
-            sd = torch.load(weights, map_location="cpu", weights_only=True)
-        else:
-            raise MergeError(f"--lora_model {path}: no adapter_model.safetensors or adapter_model.bin")
-    except MergeError:
-        raise
-    except Exception as e:
-        raise MergeError(f"{weights}: cannot read it ({type(e).__name__}: {str(e)[:200]}). The file looks truncated "
-                         "or corrupt: download it again and compare its SHA256") from e
     ad = Adapter(path, config)
     saved = [m.split(".")[-1] for m in (config.get("modules_to_save") or [])]
     pairs: dict[str, dict] = {}
-    for key, t in sd.items():
-        k = key.removeprefix("base_model.model.")
-        m = _LORA_KEY.match(k)
-        if m:
-            pairs.setdefault(m["mod"] + ".weight", {})[m["ab"]] = t
-        elif ".original_module." in k:
-            ad.original[k.replace(".original_module.", ".")] = t
-        elif ".modules_to_save." in k:
-            ad.replace[re.sub(r"\.modules_to_save(\.[^.]+)?\.", ".", k)] = t
-        elif k.rsplit(".", 2)[-2] in saved:  # older PEFT saved modules_to_save without the infix
-            ad.replace.setdefault(k, t)
-        else:
-            raise MergeError(f"{weights}: tensor {key} is neither a LoRA A/B matrix nor a modules_to_save weight; "
-                             "this kind of adapter (e.g. LoRA on embeddings, DoRA) needs PEFT's merge_and_unload")
+    with WeightReader(path, "--lora_model", adapter=True) as r:
+        weights = r.files[0]
+        for key in r.keys:
+            k = key.removeprefix("base_model.model.")
+            m, handle = _LORA_KEY.match(k), Saved(path, key, tuple(r.shape(key)), r.dtype(key))
+            if m:  # cloned out of the file mapping, which is released when the reader closes
+                pairs.setdefault(m["mod"] + ".weight", {})[m["ab"]] = r.get(key).clone()
+            elif ".original_module." in k:
+                ad.original[k.replace(".original_module.", ".")] = handle
+            elif ".modules_to_save." in k:
+                ad.replace[re.sub(r"\.modules_to_save(\.[^.]+)?\.", ".", k)] = handle
+            elif k.rsplit(".", 2)[-2] in saved:  # older PEFT saved modules_to_save without the infix
+                ad.replace.setdefault(k, handle)
+            else:
+                raise MergeError(f"{weights}: tensor {key} is neither a LoRA A/B matrix nor a modules_to_save weight; "
+                                 "this kind of adapter (e.g. LoRA on embeddings, DoRA) needs PEFT's merge_and_unload")
     for key, ab in pairs.items():
         if set(ab) != {"A", "B"}:
             raise MergeError(f"{weights}: {key} has lora_{''.join(ab)} but not both lora_A and lora_B; the adapter is incomplete")
@@ -299,7 +184,7 @@ class Plan:
 
     base_model: Path
     files: list[Path]
-    keys: list[tuple[int, str]]          # (file index, key) in output order
+    keys: list[str]                       # every base tensor, in file (= output) order
     shapes: dict                          # key -> final shape
     dtypes: dict                          # key -> dtype
     adapters: list[Adapter]
@@ -324,16 +209,15 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
     unreadable files.
     """
     base = Path(base_model)
-    files = base_weight_files(base)
+    if not (base / "config.json").is_file():
+        raise MergeError(f"--base_model {base}: no config.json; pass a Hugging Face model folder "
+                         "(convert Meta's consolidated.*.pth first with python -m helpers.convert)")
     config = read_json(base / "config.json")
+    with WeightReader(base) as r:  # headers only
+        files, keys = r.files, r.keys
+        shapes, dtypes = {k: r.shape(k) for k in keys}, {k: r.dtype(k) for k in keys}
     paths = _split_loras(lora_models)
     adapters = [load_adapter(p) for p in paths]
-    keys, shapes, dtypes, where = [], {}, {}, {}
-    for i, f in enumerate(files):
-        with _Reader(f) as r:
-            for k in r.keys:
-                keys.append((i, k))
-                shapes[k], dtypes[k], where[k] = r.shape(k), r.dtype(k), i
     if EMBED not in shapes:
         raise MergeError(f"--base_model {base}: no {EMBED}; is this a LLaMA-family model?")
     vocab = shapes[EMBED][0]
@@ -344,38 +228,14 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
     for n, ad in enumerate(adapters):  # order and tokenizer checks first: they explain the most common mistakes
         _check_adapter_vocab(ad, paths, n, v, adapters)
         v = ad.vocab_size or v
-    steps, real_rows, current_embed = [vocab], vocab, None
+    steps, real_rows, embed_source = [vocab], vocab, None  # None: the base's own embedding
     for n, ad in enumerate(adapters):
         new_vocab = ad.vocab_size or vocab
-        for key in (EMBED, LM_HEAD):
-            if key in ad.replace:
-                if key not in shapes:
-                    raise MergeError(f"{ad.path}: replaces {key} but the base has no such tensor (tied embeddings?)")
-                want = (new_vocab, shapes[key][1])
-                if tuple(ad.replace[key].shape) != want:
-                    raise MergeError(f"{ad.path}: modules_to_save tensor {key} has shape {tuple(ad.replace[key].shape)} "
-                                     f"but the base needs {want} at this step: the adapter was made for another base model")
-        for key, (a, b) in ad.lora.items():
-            if key not in shapes:
-                raise MergeError(f"{ad.path}: LoRA targets {key} but the base {base} has no such tensor: "
-                                 "the adapter was made for another base model (different architecture or depth)")
-            got = (b.shape[0], a.shape[1])
-            got = got[::-1] if ad.config.get("fan_in_fan_out") else got
-            if tuple(got) != tuple(shapes[key]) or a.shape[0] != b.shape[1]:
-                raise MergeError(
-                    f"{ad.path}: adapter tensors for {key} give B@A of shape {tuple(got)} "
-                    f"(lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}) but the base tensor {key} has shape "
-                    f"{tuple(shapes[key])}: the adapter was made for another base model "
-                    "(e.g. a LLaMA-2 GQA model has fewer key/value heads); use the base it was trained on")
-        if check_base and EMBED in ad.original:
-            if current_embed is None:
-                with _Reader(files[where[EMBED]]) as r:
-                    current_embed = r.get(EMBED).float()
-            _check_trained_on(ad, current_embed, real_rows)
+        _check_shapes(ad, shapes, base, new_vocab)
+        if check_base and EMBED in ad.original:  # read the current embedding only for this check, then drop it
+            _check_trained_on(ad, _current_embedding(base, embed_source), real_rows)
         if EMBED in ad.replace:
-            current_embed, real_rows = ad.replace[EMBED].float(), new_vocab
-        elif current_embed is not None and new_vocab != current_embed.shape[0]:
-            current_embed = _resize_rows(current_embed, new_vocab)
+            embed_source, real_rows = ad.replace[EMBED], new_vocab
         if new_vocab != vocab and EMBED not in ad.replace:
             warnings.warn(f"{ad.path}: the vocabulary grows {vocab} -> {new_vocab} but the adapter does not train "
                           "embed_tokens/lm_head (no modules_to_save); new rows get the mean embedding", stacklevel=2)
@@ -385,6 +245,30 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
         if key in shapes:
             shapes[key] = (vocab, shapes[key][1])
     return Plan(base, files, keys, shapes, dtypes, adapters, steps, config)
+
+
+def _check_shapes(ad: Adapter, shapes: dict, base: Path, new_vocab: int) -> None:
+    """Every tensor ``ad`` replaces or adapts exists in the base with a matching shape; raises MergeError."""
+    for key in (EMBED, LM_HEAD):
+        if key in ad.replace:
+            if key not in shapes:
+                raise MergeError(f"{ad.path}: replaces {key} but the base has no such tensor (tied embeddings?)")
+            want = (new_vocab, shapes[key][1])
+            if tuple(ad.replace[key].shape) != want:
+                raise MergeError(f"{ad.path}: modules_to_save tensor {key} has shape {tuple(ad.replace[key].shape)} "
+                                 f"but the base needs {want} at this step: the adapter was made for another base model")
+    for key, (a, b) in ad.lora.items():
+        if key not in shapes:
+            raise MergeError(f"{ad.path}: LoRA targets {key} but the base {base} has no such tensor: "
+                             "the adapter was made for another base model (different architecture or depth)")
+        got = (b.shape[0], a.shape[1])
+        got = got[::-1] if ad.config.get("fan_in_fan_out") else got
+        if tuple(got) != tuple(shapes[key]) or a.shape[0] != b.shape[1]:
+            raise MergeError(
+                f"{ad.path}: adapter tensors for {key} give B@A of shape {tuple(got)} "
+                f"(lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}) but the base tensor {key} has shape "
+                f"{tuple(shapes[key])}: the adapter was made for another base model "
+                "(e.g. a LLaMA-2 GQA model has fewer key/value heads); use the base it was trained on")
 
 
 def _split_loras(lora_models) -> list[Path]:
@@ -422,11 +306,23 @@ def _vocab_of(p, adapters, paths) -> int:
     return adapters[list(paths).index(p)].vocab_size or 0
 
 
-def _check_trained_on(ad: Adapter, current, real_rows: int) -> None:
-    orig = ad.original[EMBED].float()
+def _current_embedding(base: Path, source: Saved | None):
+    """The embedding the next adapter sees: the last modules_to_save one, else the base's (read now)."""
+    if source is not None:
+        return source.load()
+    with WeightReader(base) as r:
+        return r.get(EMBED)
+
+
+def _check_trained_on(ad: Adapter, current, real_rows: int, block: int = 4096) -> None:
+    orig = ad.original[EMBED].load()
     n = min(real_rows, orig.shape[0], current.shape[0])
-    diff = (orig[:n] - current[:n]).abs().max().item()
-    if diff > 1e-3 + 1e-2 * current[:n].abs().max().item():
+    diff = top = 0.0
+    for i in range(0, n, block):  # in row blocks: no float32 copy of a whole 0.4 GiB embedding
+        end = min(i + block, n)
+        o, c = orig[i:end].float(), current[i:end].float()
+        diff, top = max(diff, (o - c).abs().max().item()), max(top, c.abs().max().item())
+    if diff > 1e-3 + 1e-2 * top:
         raise MergeError(
             f"{ad.path}: the adapter stores the embedding it was trained on, and it differs from the current "
             f"{EMBED} (max |diff| {diff:.3g} over the first {n} rows): the adapter was made for another base. "
@@ -444,15 +340,27 @@ def _resize_rows(w, rows: int):
     return torch.cat([w, extra], 0)
 
 
-def merged_tensor(plan: Plan, key: str, w):
-    """The base tensor ``w`` after every LoRA in order (resize, modules_to_save, ``W += B@A*s``)."""
-    dtype = w.dtype
-    for ad, vocab in zip(plan.adapters, plan.vocab_steps[1:]):
+def last_replacing(plan: Plan, key: str) -> int:
+    """Index of the last adapter whose modules_to_save replace ``key`` (-1: none): the merge starts there and
+    never reads the base tensor."""
+    return max((i for i, ad in enumerate(plan.adapters) if key in ad.replace), default=-1)
+
+
+def merged_tensor(plan: Plan, key: str, w=None):
+    """The base tensor ``w`` after every LoRA in order (resize, modules_to_save, ``W += B@A*s``). ``w`` may be
+    ``None`` when an adapter replaces ``key`` (see :func:`last_replacing`)."""
+    import torch
+
+    dtype = plan.dtypes[key]  # the base's dtype, also when the base tensor is not read
+    first = max(last_replacing(plan, key), 0)
+    for ad, vocab in list(zip(plan.adapters, plan.vocab_steps[1:]))[first:]:
         if key in (EMBED, LM_HEAD):
-            w = ad.replace[key] if key in ad.replace else _resize_rows(w, vocab)
+            w = ad.replace[key].load() if key in ad.replace else _resize_rows(w, vocab)
         if key in ad.lora:
             # round to the base dtype after each LoRA, as saving the intermediate merged model would
-            w = (w.float() + ad.delta(key)).to(dtype)
+            acc = w.to(torch.float32, copy=True)  # never modify the tensor read from a file in place
+            ad.add_delta_(acc, key)
+            w = acc.to(dtype)
     return w.to(dtype).contiguous()
 
 
@@ -470,60 +378,10 @@ def parse_size(size: str | int) -> int:
     return int(float(m[1]) * mult)
 
 
-class StreamingSafetensorsWriter:
-    """Write one safetensors file tensor by tensor: the header comes from the known names/shapes/dtypes.
-
-    Written by hand because the safetensors library only saves whole in-memory dicts.
-    """
-
-    def __init__(self, path: Path, specs: list[tuple[str, tuple, object]], metadata: dict | None = None):
-        header, offset = {}, 0
-        for name, shape, dtype in specs:
-            n = math.prod(shape) * _element_size(dtype)
-            header[name] = {"dtype": _st_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + n]}
-            offset += n
-        if metadata:
-            header["__metadata__"] = metadata
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.path, self.specs, self.i = path, specs, 0
-        self.data_start = 8 + len(raw)
-        self.offsets = {name: header[name]["data_offsets"][0] for name, _, _ in specs}
-        self.f = open(path, "wb")
-        self.f.write(len(raw).to_bytes(8, "little") + raw)
-
-    def write(self, name: str, t) -> None:
-        want_name, shape, dtype = self.specs[self.i]
-        if name != want_name or tuple(t.shape) != tuple(shape) or t.dtype != dtype:
-            raise RuntimeError(f"{self.path}: expected {want_name} {shape} {dtype}, got {name} {tuple(t.shape)} {t.dtype}")
-        self.f.write(memoryview(t.contiguous().reshape(-1).view(__import__("torch").uint8).numpy()))
-        self.i += 1
-
-    def close(self) -> None:
-        self.f.close()
-        if self.i != len(self.specs):
-            raise RuntimeError(f"{self.path}: only {self.i} of {len(self.specs)} tensors written")
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:  # the block failed: release the file, the caller's atomic_dir removes it
-            self.f.close()
-
-
-def _element_size(dtype) -> int:
-    import torch
-
-    return torch.empty((), dtype=dtype).element_size()
-
-
 def _group_by_size(specs: list, max_bytes: int) -> list[list]:
     groups, cur, size = [], [], 0
     for s in specs:
-        n = math.prod(s[1]) * _element_size(s[2])
+        n = nbytes(s[1], s[2])
         if cur and size + n > max_bytes:
             groups.append(cur)
             cur, size = [], 0
@@ -534,21 +392,6 @@ def _group_by_size(specs: list, max_bytes: int) -> list[list]:
     return groups
 
 
-def _meta_name(key: str) -> tuple[str, str | None]:
-    """HF key -> (Meta key, 'q'/'k' when rows need the rotary permutation)."""
-    from .convert import HF_NAMES
-
-    fixed = {EMBED: "tok_embeddings.weight", "model.norm.weight": "norm.weight", LM_HEAD: "output.weight"}
-    if key in fixed:
-        return fixed[key], None
-    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)\.weight", key)
-    inverse = {v: k for k, v in HF_NAMES.items()}
-    if not m or m[2] not in inverse:
-        raise MergeError(f"{key}: no Meta (pth) name for this tensor; use --output_type huggingface")
-    meta = inverse[m[2]]
-    return f"layers.{m[1]}.{meta}.weight", {"attention.wq": "q", "attention.wk": "k"}.get(meta)
-
-
 def meta_params(config: dict) -> dict:
     """``params.json`` for the merged model (a ``config.json`` dict) via :func:`helpers.convert.meta_params`
     (``multiple_of`` and, for 70B-style models, ``ffn_dim_multiplier`` recovered)."""
@@ -556,8 +399,7 @@ def meta_params(config: dict) -> dict:
 
     from . import convert
 
-    cfg = SimpleNamespace(**dict(config, num_key_value_heads=config.get("num_key_value_heads")
-                                 or config["num_attention_heads"]))
+    cfg = SimpleNamespace(**dict(config, num_key_value_heads=kv_heads(config)))
     try:
         return convert.meta_params(cfg)
     except convert.ConvertError as e:
@@ -595,40 +437,32 @@ def merge_lora_into(base_model: str | Path, lora_models, output_dir: str | Path,
     plan = plan_merge(base_model, lora_models, check_base=check_base)
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with tqdm(total=len(plan.keys), desc="merge", unit="tensor", disable=not progress) as bar:
-            if output_type == "huggingface":
-                _write_hf(plan, tmp, max_bytes, bar)
-            else:
+            known = _write_hf(plan, tmp, max_bytes, bar) if output_type == "huggingface" else \
                 _write_pth(plan, tmp, num_shards, bar)
         _copy_tokenizer(plan, tmp, output_type)
         write_model_card(tmp, merged_card(plan, output_type))
-        write_manifest(tmp)
+        write_manifest(tmp, known=known)
         files = sorted(p.name for p in tmp.iterdir())
     return MergeResult(out, output_type, plan.vocab_steps[-1], files, time.perf_counter() - start, plan)
 
 
 def _iter_merged(plan: Plan, bar):
-    """Yield ``(key, merged tensor)`` in plan order, reading one base file at a time (use it in ``with closing()``:
-    the last file is closed when the generator is)."""
-    reader, current = None, -1
-    try:
-        for i, key in plan.keys:
-            if i != current:
-                if reader is not None:
-                    reader.close()
-                reader, current = _Reader(plan.files[i]), i
-            yield key, merged_tensor(plan, key, reader.get(key))
+    """Yield ``(key, merged tensor)`` in plan order, the base read one tensor at a time (use it in ``with closing()``:
+    the reader is closed when the generator is)."""
+    with WeightReader(plan.base_model) as reader:
+        for key in plan.keys:
+            base = None if last_replacing(plan, key) >= 0 else reader.get(key)  # replaced: not read at all
+            yield key, merged_tensor(plan, key, base)
             bar.update(1)
-    finally:
-        if reader is not None:
-            reader.close()
 
 
-def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
-    specs = [(k, plan.shapes[k], plan.dtypes[k]) for _, k in plan.keys]
+def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> dict[str, str]:
+    """Sharded safetensors + index + config; returns the SHA256 of each shard, computed while writing."""
+    specs = [(k, plan.shapes[k], plan.dtypes[k]) for k in plan.keys]
     groups = _group_by_size(specs, max_bytes)
     names = (["model.safetensors"] if len(groups) == 1 else
              [f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors" for i in range(len(groups))])
-    weight_map, total = {}, 0
+    weight_map, total, digests = {}, 0, {}
     with contextlib.closing(_iter_merged(plan, bar)) as it:
         for name, group in zip(names, groups):
             with StreamingSafetensorsWriter(tmp / name, group, {"format": "pt"}) as w:
@@ -638,6 +472,7 @@ def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
                     weight_map[key] = name
                     total += t.numel() * t.element_size()
                     del t  # free it before the next tensor is read: at most one large tensor alive
+            digests[name] = w.sha256.hexdigest()
     if len(groups) > 1:
         write_json(tmp / "model.safetensors.index.json", {"metadata": {"total_size": total}, "weight_map": weight_map})
     config = dict(plan.config, vocab_size=plan.vocab_steps[-1])
@@ -645,6 +480,7 @@ def _write_hf(plan: Plan, tmp: Path, max_bytes: int, bar) -> None:
     gen = plan.base_model / "generation_config.json"
     if gen.is_file():
         shutil.copyfile(gen, tmp / "generation_config.json")
+    return digests
 
 
 def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
@@ -655,17 +491,17 @@ def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
     """
     import torch
 
-    from .convert import permute_hf_to_meta, split_meta_shards
+    from .convert import split_meta_shards
 
     cfg = plan.config
     n = num_shards if num_shards is not None else META_NUM_SHARDS.get(cfg["hidden_size"], 1)
-    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads") or cfg["num_attention_heads"]
+    heads, kv = cfg["num_attention_heads"], kv_heads(cfg)
     if n < 1 or heads % n or kv % n:
         raise MergeError(f"--num_shards {n}: the shard count must divide the {heads} attention and {kv} key/value "
                          "heads of the base; pass another --num_shards (1 always works)")
     specs: list[list] = [[] for _ in range(n)]
-    for _, key in plan.keys:
-        meta, _ = _meta_name(key)
+    for key in plan.keys:
+        meta = meta_key(key)
         fake = torch.empty(plan.shapes[key], dtype=plan.dtypes[key], device="meta")
         for rank, piece in enumerate(split_meta_shards({meta: fake}, n)):
             specs[rank].append((meta, tuple(piece[meta].shape), plan.dtypes[key]))
@@ -675,36 +511,15 @@ def _write_pth(plan: Plan, tmp: Path, num_shards: int | None, bar) -> None:
         writers = [stack.enter_context(StreamingSafetensorsWriter(staging / f"rank{r}.safetensors", specs[r]))
                    for r in range(n)]
         for key, t in stack.enter_context(contextlib.closing(_iter_merged(plan, bar))):
-            meta, perm = _meta_name(key)
-            if perm:
-                t = permute_hf_to_meta(t, heads if perm == "q" else kv)
+            meta, t = hf_to_meta_tensor(key, t, heads, kv)
             for w, piece in zip(writers, split_meta_shards({meta: t}, n)):
                 w.write(meta, piece[meta])
             del t, piece
     for r, w in enumerate(writers):
-        torch.save(_mmap_tensors(w), tmp / f"consolidated.{r:02d}.pth")
+        torch.save(mapped_tensors(w.path, [name for name, _, _ in w.specs]), tmp / f"consolidated.{r:02d}.pth")
         (staging / f"rank{r}.safetensors").unlink()
     staging.rmdir()
     write_json(tmp / "params.json", meta_params(cfg))
-
-
-def _mmap_tensors(w: StreamingSafetensorsWriter) -> dict:
-    """Zero-copy tensors over a file written by :class:`StreamingSafetensorsWriter`."""
-    import torch
-
-    with open(w.path, "rb") as f:  # the map keeps its own handle
-        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    out = {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # read-only buffer: torch warns that it is not writable
-        for name, shape, dtype in w.specs:
-            count = math.prod(shape)
-            start = w.data_start + w.offsets[name]
-            if count == 0:
-                out[name] = torch.empty(shape, dtype=dtype)
-                continue
-            out[name] = torch.frombuffer(mm, dtype=dtype, count=count, offset=start).view(shape)
-    return out
 
 
 def _copy_tokenizer(plan: Plan, tmp: Path, output_type: str) -> None:
@@ -861,29 +676,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["verify"]:
-            vp = argparse.ArgumentParser(prog="python -m helpers.merge verify",
-                                         description="Check a folder against its SHA256SUMS manifest")
-            vp.add_argument("folder")
-            vp.add_argument("--manifest", default=None)
-            a = vp.parse_args(argv[1:])
-            res = verify(a.folder, a.manifest)
-            extra = f" ({len(res['extra'])} extra file(s) not in the manifest: {res['extra']})" if res["extra"] else ""
-            print(f"OK: every file in the manifest matches{extra}")
-            return 0
-        a = build_parser().parse_args(argv)
-        res = merge_lora_into(a.base_model, a.lora_model, a.output_dir, a.output_type, overwrite=a.overwrite,
-                              max_shard_size=a.max_shard_size, num_shards=a.num_shards,
-                              check_base=not a.skip_base_check, progress=not a.quiet)
-        print(f"merged {len(res.plan.adapters)} LoRA(s) into {res.plan.base_model} -> {res.output_dir} "
-              f"({res.output_type}, vocab {res.vocab_size}, {res.seconds:.1f}s); files: {', '.join(res.files)}")
+def _run(argv: list[str]) -> int:
+    """The CLI: ``verify DIR [--manifest FILE]``, or a merge with the flags of :func:`build_parser`."""
+    if argv[:1] == ["verify"]:
+        vp = argparse.ArgumentParser(prog="python -m helpers.merge verify",
+                                     description="Check a folder against its SHA256SUMS manifest")
+        vp.add_argument("folder")
+        vp.add_argument("--manifest", default=None)
+        a = vp.parse_args(argv[1:])
+        res = verify(a.folder, a.manifest)
+        extra = f" ({len(res['extra'])} extra file(s) not in the manifest: {res['extra']})" if res["extra"] else ""
+        print(f"OK: every file in the manifest matches{extra}")
         return 0
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    a = build_parser().parse_args(argv)
+    res = merge_lora_into(a.base_model, a.lora_model, a.output_dir, a.output_type, overwrite=a.overwrite,
+                          max_shard_size=a.max_shard_size, num_shards=a.num_shards,
+                          check_base=not a.skip_base_check, progress=not a.quiet)
+    print(f"merged {len(res.plan.adapters)} LoRA(s) into {res.plan.base_model} -> {res.output_dir} "
+          f"({res.output_type}, vocab {res.vocab_size}, {res.seconds:.1f}s); files: {', '.join(res.files)}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m helpers.merge --base_model B --lora_model L ...`` or ``... verify DIR``; returns the exit code
+    (2 with a message on bad input)."""
+    return cli_main(_run, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

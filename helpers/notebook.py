@@ -5,8 +5,10 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from .core import CourseError
+from .io import atomic_write_text
 
 KERNEL = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
           "language_info": {"name": "python"}}
@@ -37,29 +39,41 @@ def colab_url(notebook: str) -> str:
     return f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/{notebook}.ipynb"
 
 
-def md(text: str) -> dict:
-    return {"cell_type": "markdown", "metadata": {}, "source": text.strip("\n").splitlines(keepends=True)}
+def md(text: str):
+    """Returns a markdown cell (``nbformat.v4.new_markdown_cell``) holding ``text`` without its outer blank lines."""
+    from nbformat import v4  # ~1 s to import: only for authoring, not for COLAB_CELL / colab_url readers
+
+    return v4.new_markdown_cell(text.strip("\n"))
 
 
-def code(text: str, tags: list[str] | None = None) -> dict:
-    meta = {"tags": tags} if tags else {}
-    return {"cell_type": "code", "execution_count": None, "metadata": meta, "outputs": [],
-            "source": text.strip("\n").splitlines(keepends=True)}
+def code(text: str, tags: list[str] | None = None):
+    """Returns a code cell (``nbformat.v4.new_code_cell``: no outputs, no execution count), tagged ``tags``."""
+    from nbformat import v4
+
+    return v4.new_code_cell(text.strip("\n"), metadata={"tags": list(tags)} if tags else {})
 
 
-def colab() -> dict:
-    """The Colab bootstrap cell (:data:`COLAB_CELL`), tagged ``colab``."""
+def colab():
+    """Returns the Colab bootstrap cell (:data:`COLAB_CELL`), tagged ``colab``."""
     return code(COLAB_CELL, tags=["colab"])
 
 
-def params(text: str) -> dict:
-    """The papermill ``parameters`` cell: PROFILE and paths."""
+def params(text: str):
+    """Returns the papermill ``parameters`` cell: PROFILE and paths."""
     return code(text, tags=["parameters"])
 
 
-def write_notebook(path: str | Path, cells: list[dict]) -> Path:
-    nb = {"cells": [dict(c, id=f"c{i:02d}") for i, c in enumerate(cells)], "metadata": KERNEL,
-          "nbformat": 4, "nbformat_minor": 5}
-    path = Path(path)
-    path.write_text(json.dumps(nb, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    return path
+def write_notebook(path: str | Path, cells: list) -> Path:
+    """Write ``cells`` as a validated nbformat 4 notebook (Python 3 kernel; cell ids ``c00``, ``c01``, ... so that
+    regenerating gives the same file) atomically to ``path``; returns the path."""
+    import nbformat
+    from nbformat import v4
+
+    nb = v4.new_notebook(metadata=KERNEL)
+    nb.cells = [nbformat.from_dict({**c, "id": f"c{i:02d}"}) for i, c in enumerate(cells)]
+    try:
+        nbformat.validate(nb)
+    except nbformat.ValidationError as e:
+        raise CourseError(f"{path}: not a valid nbformat 4 notebook ({e.message}); build cells with md/code/params/"
+                          "colab") from e
+    return atomic_write_text(path, nbformat.writes(nb) + "\n")

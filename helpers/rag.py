@@ -2,11 +2,12 @@
 
 The original ``scripts/langchain/langchain_qa.py`` flow, on current LangChain packages and without
 patching them: load a UTF-8 document -> split with Chinese-aware separators (600/100) -> embed ->
-FAISS index (save/load) -> retrieve -> answer with the ``stuff`` or ``refine`` chain using the
-Chinese-Alpaca prompt texts -> answer + source passages.
+FAISS index (saved as ``index.faiss`` + JSON chunks, no pickle) -> retrieve -> answer with the ``stuff``
+or ``refine`` chain using the Chinese-Alpaca prompt texts -> answer + source passages.
 
 Also: a lexical BM25 retriever over jieba tokens, a hybrid (reciprocal-rank fusion of dense + BM25),
-and hit@k evaluation on ``data/qa_set.jsonl``.
+and hit@k evaluation on ``data/qa_set.jsonl``. What step 09 shares (document loading, splitter, prompt
+wrapping, LLMs, CLI flags) lives in :mod:`helpers.chains` and is re-exported here.
 
     python -m helpers.rag --file_path doc.txt --embedding_path BAAI/bge-small-zh-v1.5 \
         --model_path merged_model/ --chain_type refine --gpus 0
@@ -15,15 +16,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import BaseCallbackHandler
-
-from .catalog import template_or_default
-from .core import DATA_DIR, CourseError
+# Re-exported (noqa: F401): notebooks 08/09 and the tests call them as rag.<name>; they live in helpers.chains.
+from .chains import (CHUNK_OVERLAP, CHUNK_SIZE, ZH_SEPARATORS, PromptRecorder, add_llm_arguments,  # noqa: F401
+                     api_llm, llm_from_args, load_document, load_local_llm, local_llm, text_splitter, tiny_model,
+                     token_counter, wrap)
+from .core import DATA_DIR, CourseError, cli_main
+from .io import atomic_dir, read_json, sha256_file, verify_manifest, write_json, write_manifest
 
 # --------------------------------------------------------------------------- prompts
 # The instruction texts of the original langchain_qa.py, wrapped in the Chinese-Alpaca template.
@@ -37,27 +40,11 @@ REFINE_QA_INSTRUCTION = (
     "请根据新的文段，进一步完善你的回答。"
 )
 
-ZH_SEPARATORS = ["\n\n", "\n", "。", "！", "？", "；", "，", ""]
-CHUNK_SIZE = 600
-CHUNK_OVERLAP = 100
 QA_SET = DATA_DIR / "qa_set.jsonl"
 DOCS_DIR = DATA_DIR / "docs"
 INDEX_INFO = "index_info.json"
-
-
-def wrap(instruction: str, template: str = "alpaca") -> str:
-    """The full prompt text for ``instruction``: rendered with a chat family of :mod:`helpers.prompts`
-    (``alpaca`` for the first generation, ``chinese-alpaca-2`` for Chinese-Alpaca-2, as in each generation's
-    langchain_qa.py), or ``raw`` for a chat API that applies its own template. The leading BOS text is dropped:
-    the tokenizer adds BOS itself."""
-    if template == "raw":
-        return instruction
-    from .prompts import FIX_TOKEN_RE, get_family, render, resolve_fix_tokens
-
-    fam = get_family(template)  # CourseError listing the families for an unknown name
-    bos = FIX_TOKEN_RE.match(fam.pre_prompt)
-    text = render(fam, [{"role": "user", "content": instruction}])
-    return text.removeprefix(resolve_fix_tokens(bos.group(0), None, fam.fix_tokens)) if bos else text
+INDEX_FILE = "index.faiss"  # FAISS's own binary format (faiss.write_index), as LangChain's save_local writes it
+DOCSTORE = "docstore.json"  # the chunks, in vector order (JSON instead of LangChain's index.pkl pickle)
 
 
 def qa_prompts(chain_type: str, template: str = "alpaca") -> dict[str, Any]:
@@ -73,40 +60,12 @@ def qa_prompts(chain_type: str, template: str = "alpaca") -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- documents
-def load_document(file_path: str | Path):
-    """The file as a list with one LangChain ``Document`` (UTF-8; ``metadata['source']`` is the path)."""
-    from langchain_community.document_loaders import TextLoader
-
-    path = Path(file_path)
-    if not path.is_file():
-        raise CourseError(f"--file_path {path}: file not found; pass a UTF-8 text file")
-    try:
-        path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise CourseError(f"--file_path {path}: not UTF-8 ({e.reason} at byte {e.start}); "
-                          "convert it first, e.g. iconv -f gbk -t utf-8") from e
-    return TextLoader(str(path), encoding="utf-8").load()
-
-
 def load_documents(folder: str | Path = DOCS_DIR, pattern: str = "*.txt") -> list:
     """Every ``pattern`` file under ``folder`` (sorted) as ``Document``s."""
     files = sorted(Path(folder).glob(pattern))
     if not files:
         raise CourseError(f"{folder}: no {pattern} files found; pass a folder holding UTF-8 {pattern} documents")
     return [d for f in files for d in load_document(f)]
-
-
-def text_splitter(chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP):
-    """A ``RecursiveCharacterTextSplitter`` that cuts Chinese text at paragraphs, lines, then 。！？；，.
-
-    The punctuation stays at the end of its sentence (``keep_separator="end"``); lengths are characters.
-    """
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-    if chunk_overlap >= chunk_size:
-        raise CourseError(f"--chunk_overlap {chunk_overlap} must be smaller than --chunk_size {chunk_size}")
-    return RecursiveCharacterTextSplitter(separators=ZH_SEPARATORS, chunk_size=chunk_size,
-                                          chunk_overlap=chunk_overlap, keep_separator="end", length_function=len)
 
 
 def split_documents(docs: list, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP) -> list:
@@ -153,15 +112,21 @@ def build_index(chunks: list, embeddings):
 
 def save_index(store, folder: str | Path, embedding_path: str | Path | None = None, overwrite: bool = False,
                source: dict | None = None) -> Path:
-    """Write ``index.faiss`` + ``index.pkl`` + ``index_info.json`` + SHA256SUMS atomically; returns the folder.
+    """Write ``index.faiss`` (the vectors, FAISS's own format) + ``docstore.json`` (the chunks) +
+    ``index_info.json`` + SHA256SUMS atomically; returns the folder.
 
-    ``source`` (see :func:`index_source`) records which document and split settings the index was built from.
+    No pickle: LangChain's ``save_local`` pickles the chunks (``index.pkl``), and loading a pickle can run any
+    code. JSON holds the same chunks (text, metadata, docstore id in vector order). ``source`` (see
+    :func:`index_source`) records which document and split settings the index was built from.
     """
-    from .io import atomic_dir, write_json, write_manifest
+    import faiss
 
     folder = Path(folder)
+    ids = [store.index_to_docstore_id[i] for i in range(store.index.ntotal)]
+    rows = [{"docstore_id": i, "document": store.docstore.search(i).model_dump(mode="json")} for i in ids]
     with atomic_dir(folder, overwrite=overwrite) as tmp:
-        store.save_local(str(tmp))
+        faiss.write_index(store.index, str(tmp / INDEX_FILE))
+        write_json(tmp / DOCSTORE, rows)
         write_json(tmp / INDEX_INFO, {"embedding_path": str(embedding_path or default_embedding_path()),
                                       "num_chunks": store.index.ntotal, "dim": store.index.d, "source": source})
         write_manifest(tmp)
@@ -169,27 +134,38 @@ def save_index(store, folder: str | Path, embedding_path: str | Path | None = No
 
 
 def load_index(folder: str | Path, embeddings):
-    """The FAISS store saved by :func:`save_index`.
+    """Returns the FAISS store saved by :func:`save_index`, rebuilt from ``index.faiss`` and ``docstore.json``.
 
-    ``index.pkl`` is a pickle, so it is only opened after its SHA256 matches the manifest written with it.
+    Nothing is unpickled (the chunks are JSON), so a planted file cannot run code here. The SHA256SUMS manifest
+    beside the files detects corruption and accidental edits, not tampering: whoever can replace a file can
+    rewrite the manifest too. The embedding model must give the dimension the index was built with.
     """
+    import faiss
+    from langchain_community.docstore.in_memory import InMemoryDocstore
     from langchain_community.vectorstores import FAISS
-
-    from .io import read_json, verify_manifest
+    from langchain_core.documents import Document
 
     folder = Path(folder)
     if not (folder / "SHA256SUMS").is_file():
         raise CourseError(f"{folder}: no SHA256SUMS; only load indexes written by helpers.rag.save_index")
+    if not (folder / DOCSTORE).is_file():
+        raise CourseError(f"{folder}: no {DOCSTORE} (an index saved by an older course version as a pickle?); "
+                          "rebuild it with helpers.rag.save_index")
     bad = verify_manifest(folder)
     if bad["mismatch"] or bad["missing"]:
-        raise CourseError(f"{folder}: index files changed since saving {bad}; rebuild the index")
-    store = FAISS.load_local(str(folder), embeddings, allow_dangerous_deserialization=True)
+        raise CourseError(f"{folder}: index files changed since saving {bad} (corrupt or edited); rebuild the index")
     info = read_json(folder / INDEX_INFO)
     dim = len(embeddings.embed_query("维度"))
     if dim != info["dim"]:
         raise CourseError(f"{folder}: built with {info['embedding_path']} (dim {info['dim']}) but the "
                           f"--embedding_path model gives dim {dim}; use the same embedding model")
-    return store
+    index = faiss.read_index(str(folder / INDEX_FILE))
+    rows = read_json(folder / DOCSTORE)
+    if len(rows) != index.ntotal:
+        raise CourseError(f"{folder}: {DOCSTORE} holds {len(rows)} chunks but {INDEX_FILE} {index.ntotal} vectors; "
+                          "rebuild the index")
+    docstore = InMemoryDocstore({r["docstore_id"]: Document.model_validate(r["document"]) for r in rows})
+    return FAISS(embeddings, index, docstore, {i: r["docstore_id"] for i, r in enumerate(rows)})
 
 
 # --------------------------------------------------------------------------- lexical and hybrid retrieval
@@ -198,8 +174,6 @@ _PUNCT = set("，。！？；：、（）《》“”‘’「」『』【】,.!
 
 def jieba_tokens(text: str) -> list[str]:
     """Lower-cased jieba words of ``text`` without whitespace and punctuation (BM25's preprocess)."""
-    import logging
-
     import jieba
 
     jieba.setLogLevel(logging.WARNING)
@@ -297,76 +271,6 @@ def plot_retrieval(table, path: str | Path | None = None):
     return fig
 
 
-# --------------------------------------------------------------------------- LLMs
-def local_llm(model, tokenizer, max_new_tokens: int = 400, **gen):
-    """The course model as a LangChain LLM: a transformers ``text-generation`` pipeline (new text only,
-    the course generation defaults) wrapped by ``HuggingFacePipeline``. Token counting (map_reduce,
-    prompt length checks) uses this tokenizer, never LangChain's downloaded GPT-2 fallback."""
-    from langchain_huggingface import HuggingFacePipeline
-    from transformers import pipeline
-
-    from .generation import generation_kwargs
-
-    kw = generation_kwargs(tokenizer, max_new_tokens=max_new_tokens, **gen)
-    pipe = pipeline("text-generation", model=model, tokenizer=tokenizer, return_full_text=False, **kw)
-    return HuggingFacePipeline(pipeline=pipe, custom_get_token_ids=token_counter(tokenizer))
-
-
-def token_counter(tokenizer):
-    """``text -> token ids`` with the course tokenizer (no BOS), for ``custom_get_token_ids``."""
-    def ids(text: str) -> list[int]:
-        return tokenizer.encode(text, add_special_tokens=False)
-
-    return ids
-
-
-def load_local_llm(model_path: str | Path, gpus: str | None = None, max_new_tokens: int = 400,
-                   tokenizer_path: str | Path | None = None, lora_model: str | Path | None = None, **gen):
-    """``(llm, model, tokenizer)``: a merged Chinese-Alpaca folder loaded by ``helpers.modeling.load_model``
-    (the course tokenizer loader, so no ``use_fast=False`` patch of LangChain is needed)."""
-    from .modeling import load_model
-
-    model, tokenizer = load_model(model_path, lora_model=lora_model, tokenizer_path=tokenizer_path, gpus=gpus)
-    return local_llm(model, tokenizer, max_new_tokens=max_new_tokens, **gen), model, tokenizer
-
-
-def tiny_model():
-    """``(model, tokenizer)``: the tiny Chinese-Alpaca stand-in — the tiny LLaMA with the tiny Chinese-Alpaca
-    tokenizer (embeddings resized). The base tokenizer would spend ~3 byte tokens per Chinese character
-    and push a 600-character chunk past the tiny model's 1024 positions."""
-    from . import tiny
-    from .modeling import load_model
-
-    return load_model(tiny.hf_model(), tokenizer_path=tiny.merged_tokenizers()["alpaca_hf"], device="cpu")
-
-
-def api_llm(base_url: str, model: str = "chinese-alpaca", api_key: str = "EMPTY", max_tokens: int = 400,
-            temperature: float = 0.2, tokenizer=None, **kwargs):
-    """``ChatOpenAI`` pointed at an OpenAI-compatible server (``python -m helpers.api``, vLLM, ...).
-
-    The server applies the chat template itself, so use ``template="raw"`` prompts with it. Pass the
-    course ``tokenizer`` so token counting does not need tiktoken's downloaded encodings.
-    """
-    from langchain_openai import ChatOpenAI
-
-    extra = {"custom_get_token_ids": token_counter(tokenizer)} if tokenizer is not None else {}
-    return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, max_tokens=max_tokens,
-                      temperature=temperature, **extra, **kwargs)
-
-
-class PromptRecorder(BaseCallbackHandler):
-    """A LangChain callback that keeps every prompt sent to the LLM (``.prompts``): what the chain really asked."""
-
-    def __init__(self):
-        self.prompts: list[str] = []
-
-    def on_llm_start(self, serialized, prompts, **kwargs):
-        self.prompts.extend(prompts)
-
-    def on_chat_model_start(self, serialized, messages, **kwargs):
-        self.prompts.extend("\n".join(str(m.content) for m in batch) for batch in messages)
-
-
 # --------------------------------------------------------------------------- QA chain
 def build_qa_chain(llm, retriever, chain_type: str = "refine", template: str = "alpaca"):
     """A ``RetrievalQA`` chain (``stuff`` or ``refine``) with the original prompts; returns sources too."""
@@ -387,9 +291,7 @@ def answer(qa, question: str, callbacks: list | None = None) -> dict:
 
 
 def index_source(file_path: str | Path, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHUNK_OVERLAP) -> dict:
-    """What a saved index depends on: the document's SHA256 and the split settings."""
-    from .io import sha256_file
-
+    """Returns what a saved index depends on: the document's SHA256 and the split settings."""
     path = Path(file_path)
     if not path.is_file():
         raise CourseError(f"--file_path {path}: document not found (a UTF-8 text file)")
@@ -401,12 +303,10 @@ def build_qa(file_path: str | Path, llm, embeddings=None, chain_type: str = "ref
              template: str = "alpaca", embedding_path: str | Path | None = None):
     """The whole langchain_qa.py pipeline up to the chain: load, split, embed, index (reuse ``index_dir``
     when it holds an index of the same document and split settings, else build and save it there),
-    retriever with ``k`` passages."""
-    from .io import read_json
-
+    retriever with ``k`` passages. Returns the ``RetrievalQA`` chain."""
     embeddings = embeddings or load_embeddings(embedding_path)
     source = index_source(file_path, chunk_size, chunk_overlap)
-    saved = index_dir is not None and (Path(index_dir) / "SHA256SUMS").is_file()
+    saved = index_dir is not None and all((Path(index_dir) / f).is_file() for f in ("SHA256SUMS", DOCSTORE))
     if saved and read_json(Path(index_dir) / INDEX_INFO).get("source") == source:
         store = load_index(index_dir, embeddings)
     else:  # no index yet, or one built from another document / other split settings: (re)build it
@@ -418,41 +318,8 @@ def build_qa(file_path: str | Path, llm, embeddings=None, chain_type: str = "ref
 
 
 # --------------------------------------------------------------------------- CLI
-def add_llm_arguments(p: argparse.ArgumentParser, chain_types: list[str]) -> None:
-    """Flags shared by ``helpers.rag`` and ``helpers.summarize`` (langchain_qa.py / langchain_sum.py)."""
-    p.add_argument("--model_path", default=None, help="merged Chinese-Alpaca model folder")
-    p.add_argument("--tokenizer_path", default=None,
-                   help="tokenizer folder (default: the one in --model_path; with --openai_api_base: for token counting)")
-    p.add_argument("--openai_api_base", default=None,
-                   help="instead of --model_path: an OpenAI-compatible server, e.g. http://127.0.0.1:19327/v1")
-    p.add_argument("--chain_type", default="refine", choices=chain_types)
-    p.add_argument("--gpus", default="0", help="GPU ids, e.g. 0 or 0,1,2 (sets CUDA_VISIBLE_DEVICES)")
-    p.add_argument("--chunk_size", type=int, default=CHUNK_SIZE)
-    p.add_argument("--chunk_overlap", type=int, default=CHUNK_OVERLAP)
-    p.add_argument("--max_new_tokens", type=int, default=400)
-    p.add_argument("--template", default=None,
-                   help="chat family for --model_path prompts (default: from the model, e.g. chinese-alpaca-2 for "
-                        "hfl/chinese-alpaca-2-*; alpaca for an unknown folder)")
-
-
-def llm_from_args(args):
-    """``(llm, template, tokenizer)`` from ``--model_path`` (local pipeline, the model's chat family) or
-    ``--openai_api_base`` (ChatOpenAI; the server applies the template, so prompts are ``raw``)."""
-    if bool(args.model_path) == bool(args.openai_api_base):
-        raise CourseError("pass exactly one of --model_path (local model) or --openai_api_base (API server)")
-    if args.model_path:
-        llm, _, tokenizer = load_local_llm(args.model_path, gpus=args.gpus, max_new_tokens=args.max_new_tokens,
-                                           tokenizer_path=args.tokenizer_path)
-        return llm, template_or_default(args.model_path, args.template), tokenizer
-    tokenizer = None
-    if args.tokenizer_path:
-        from .tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer_path)
-    return api_llm(args.openai_api_base, max_tokens=args.max_new_tokens, tokenizer=tokenizer), "raw", tokenizer
-
-
 def parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.rag`` (the flags of the original langchain_qa.py, and more)."""
     p = argparse.ArgumentParser(prog="python -m helpers.rag", description=__doc__.split("\n\n")[0])
     p.add_argument("--file_path", required=True, help="UTF-8 document to search and ask about")
     p.add_argument("--embedding_path", default=None,
@@ -466,24 +333,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def _run(args) -> int:
+    """The CLI: build the chain, answer each ``--question`` (else stdin lines until an empty one) as a JSON line."""
+    llm, template, _ = llm_from_args(args)
+    qa = build_qa(args.file_path, llm, chain_type=args.chain_type, k=args.k, chunk_size=args.chunk_size,
+                  chunk_overlap=args.chunk_overlap, index_dir=args.index_dir, template=template,
+                  embedding_path=args.embedding_path)
+    questions = args.question or iter(lambda: input("请输入问题：").strip(), "")
     try:
-        llm, template, _ = llm_from_args(args)
-        qa = build_qa(args.file_path, llm, chain_type=args.chain_type, k=args.k, chunk_size=args.chunk_size,
-                      chunk_overlap=args.chunk_overlap, index_dir=args.index_dir, template=template,
-                      embedding_path=args.embedding_path)
-        questions = args.question or iter(lambda: input("请输入问题：").strip(), "")
         for q in questions:
-            out = answer(qa, q)
-            print(json.dumps(out, ensure_ascii=False), flush=True)
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except EOFError:
+            print(json.dumps(answer(qa, q), ensure_ascii=False), flush=True)
+    except EOFError:  # stdin closed: the same as an empty line
         pass
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.rag ...``; returns the exit code (2 with a message on bad input)."""
+    return cli_main(_run, argv, parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

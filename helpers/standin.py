@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import random
@@ -40,10 +41,17 @@ import sys
 import tarfile
 import tempfile
 import time
+import tomllib
+import warnings
+from collections import Counter
+from importlib import metadata
 from pathlib import Path
 
 from . import catalog
-from .core import DATA_DIR, CourseError, workspace
+from .core import DATA_DIR, DIST_NAME, REPO_ROOT, CourseError, cli_main, workspace
+from .weights import TokenType, kv_heads
+from .tokenizer import load_sp_proto, save_hf_tokenizer
+from .vocab import CJK_WORD, jieba_words, merge_sp_models
 from .io import atomic_dir, atomic_write_bytes, atomic_write_text, read_json, write_json
 
 STANDIN_VERSION = "1"      # bump when the stand-in's layout or contents change: older hubs become "stale"
@@ -125,11 +133,6 @@ def _sha256_bytes(data: bytes) -> str:
 def _pinned_version(dist: str) -> str:
     """The version the course pins for ``dist`` in any dependency list of pyproject.toml (or the installed
     metadata, extras included); returns e.g. ``0.3.36``."""
-    import tomllib
-    from importlib import metadata
-
-    from .core import DIST_NAME, REPO_ROOT
-
     reqs: list[str] = []
     pyproject = REPO_ROOT / "pyproject.toml"
     if pyproject.is_file():
@@ -191,6 +194,29 @@ def llama_vocab_gguf() -> Path:
     return _cached_file("ggml-vocab-llama-spm.gguf", f"{TOKENIZER_VERSION}|{LLAMA_CPP_DIST}=={version}", build)
 
 
+def _set_llama_specs(proto, sp_pb2, ids) -> None:
+    """Set LLaMA's trainer and normalizer settings on the ``ModelProto`` ``proto`` (in place; returns None);
+    ``ids(key, default)`` reads the special token ids and the dummy-prefix switch from the gguf."""
+    spec = proto.trainer_spec
+    spec.model_type = sp_pb2.TrainerSpec.BPE
+    spec.vocab_size = len(proto.pieces)
+    spec.byte_fallback = any(p.type == TokenType.BYTE for p in proto.pieces)
+    spec.split_digits = True
+    spec.allow_whitespace_only_pieces = True
+    spec.character_coverage = 0.99995
+    spec.max_sentencepiece_length = 16
+    spec.unk_id = int(ids("tokenizer.ggml.unknown_token_id", 0))
+    spec.bos_id = int(ids("tokenizer.ggml.bos_token_id", 1))
+    spec.eos_id = int(ids("tokenizer.ggml.eos_token_id", 2))
+    spec.pad_id = -1
+    spec.unk_surface = " \u2047 "
+    norm = proto.normalizer_spec
+    norm.name = "identity"
+    norm.add_dummy_prefix = bool(ids("tokenizer.ggml.add_space_prefix", True))
+    norm.remove_extra_whitespaces = False
+    norm.escape_whitespaces = True
+
+
 def sp_model_from_gguf(gguf_path: str | Path, out_model: str | Path) -> Path:
     """Write the SentencePiece ``tokenizer.model`` described by a llama.cpp ``llama`` (SPM) vocabulary; returns
     ``out_model``.
@@ -222,32 +248,14 @@ def sp_model_from_gguf(gguf_path: str | Path, out_model: str | Path) -> Path:
     tokens, scores, types = (value(f"tokenizer.ggml.{k}") for k in ("tokens", "scores", "token_type"))
     if not tokens or len(tokens) != len(scores) or len(tokens) != len(types):
         raise StandinError(f"{path}: tokenizer.ggml.tokens/scores/token_type are missing or differ in length")
-    sp_type = sp_pb2.ModelProto.SentencePiece.Type
     proto = sp_pb2.ModelProto()
     for token, score, kind in zip(tokens, scores, types):
         piece = proto.pieces.add()
         piece.piece, piece.score = token, float(score)
-        kind = sp_type.Value(gguf.TokenType(int(kind)).name)
-        if kind != sp_type.Value("NORMAL"):   # the default: left unset, as in LLaMA's file
+        kind = TokenType[gguf.TokenType(int(kind)).name]  # the same names and ids in both enums
+        if kind != TokenType.NORMAL:   # the default: left unset, as in LLaMA's file
             piece.type = kind
-    spec = proto.trainer_spec
-    spec.model_type = sp_pb2.TrainerSpec.BPE
-    spec.vocab_size = len(tokens)
-    spec.byte_fallback = any(p.type == sp_type.Value("BYTE") for p in proto.pieces)
-    spec.split_digits = True
-    spec.allow_whitespace_only_pieces = True
-    spec.character_coverage = 0.99995
-    spec.max_sentencepiece_length = 16
-    spec.unk_id = int(value("tokenizer.ggml.unknown_token_id", 0))
-    spec.bos_id = int(value("tokenizer.ggml.bos_token_id", 1))
-    spec.eos_id = int(value("tokenizer.ggml.eos_token_id", 2))
-    spec.pad_id = -1
-    spec.unk_surface = " \u2047 "
-    norm = proto.normalizer_spec
-    norm.name = "identity"
-    norm.add_dummy_prefix = bool(value("tokenizer.ggml.add_space_prefix", True))
-    norm.remove_extra_whitespaces = False
-    norm.escape_whitespaces = True
+    _set_llama_specs(proto, sp_pb2, value)
     out = Path(out_model)
     atomic_write_bytes(out, proto.SerializeToString())
     return out
@@ -289,12 +297,7 @@ def chinese_pieces(have: set[str], count: int, texts: list[str]) -> list[str]:
     lacks (code point order), then the most frequent words of ``texts`` (jieba), then their most frequent
     character bigrams, then jieba's dictionary words; a word is taken only when BPE can build it from two
     pieces already in the vocabulary. Deterministic (ties broken by the text); returns the pieces in order."""
-    import logging
-
     import jieba
-    from collections import Counter
-
-    from .vocab import CJK_WORD, jieba_words
 
     jieba.setLogLevel(logging.WARNING)
     pool = set(have)
@@ -333,9 +336,6 @@ def chinese_llama_sp_model() -> Path:
     Cached in ``<workspace>/standin``; returns its path."""
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
-    from .tokenizer import load_sp_proto
-    from .vocab import merge_sp_models
-
     base = llama_sp_model()
     files = _zh_source_files()
     h = hashlib.sha256(f"{TOKENIZER_VERSION}|{catalog.CHINESE_VOCAB}".encode())
@@ -349,7 +349,7 @@ def chinese_llama_sp_model() -> Path:
         zh = sp_pb2.ModelProto()
         zh.trainer_spec.model_type = sp_pb2.TrainerSpec.BPE
         for piece in new:
-            zh.pieces.add(piece=piece, score=0.0, type=sp_pb2.ModelProto.SentencePiece.NORMAL)
+            zh.pieces.add(piece=piece, score=0.0, type=TokenType.NORMAL)
         zh_file = out.with_name(out.name + ".zh")
         zh_file.write_bytes(zh.SerializeToString())
         stats = merge_sp_models(base, zh_file, out)
@@ -438,7 +438,7 @@ def llama_shapes(cfg: dict) -> list[tuple[str, tuple[int, ...]]]:
     of its state dict."""
     v, h, f, n = (int(cfg[k]) for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"))
     heads = int(cfg["num_attention_heads"])
-    kv = h // heads * int(cfg.get("num_key_value_heads") or heads)
+    kv = h // heads * kv_heads(cfg)
     out = [("model.embed_tokens.weight", (v, h))]
     for i in range(n):
         p = f"model.layers.{i}."
@@ -563,8 +563,6 @@ def _lora_key_template() -> list[tuple[str, str, str]]:
     from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    import warnings
-
     torch.manual_seed(0)
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")   # raised inside PEFT
     tiny = LlamaForCausalLM(LlamaConfig(hidden_size=8, intermediate_size=12, num_hidden_layers=1, vocab_size=10,
@@ -596,7 +594,7 @@ def write_lora(folder: str | Path, base_cfg: dict, lora: dict, layers: int, base
     folder.mkdir(parents=True, exist_ok=True)
     h, f, v = (int(base_cfg[k]) for k in ("hidden_size", "intermediate_size", "vocab_size"))
     heads = int(base_cfg["num_attention_heads"])
-    kv = h // heads * int(base_cfg.get("num_key_value_heads") or heads)
+    kv = h // heads * kv_heads(base_cfg)
     r = int(lora["r"])
     dims = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, f),
             "up_proj": (h, f), "down_proj": (f, h)}          # (in_features, out_features)
@@ -692,8 +690,6 @@ def _tokenizer_files(folder: Path, vocab_size: int, llama2: bool) -> None:
     cfg = dict(_LLAMA_TOKENIZER_CONFIG)
     if llama2:
         cfg.update(legacy=False, padding_side="right")
-        from .tokenizer import save_hf_tokenizer
-
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
             save_hf_tokenizer(sp, tmp)
             shutil.copyfile(Path(tmp) / "tokenizer.json", folder / "tokenizer.json")
@@ -981,8 +977,8 @@ def _print_status(states: dict[str, str], cache: Path) -> None:
         print(f"  {state:8s} {repo}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.standin build|check``; returns the exit code (2 for bad input or a missing hub)."""
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.standin build|check``."""
     ap = argparse.ArgumentParser(prog="python -m helpers.standin", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build (or complete) the stand-in hub")
@@ -992,28 +988,33 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--force", action="store_true", help="rebuild repos that are already up to date")
     c = sub.add_parser("check", help="print the status of each stand-in repo; exit 2 if one is missing or stale")
     c.add_argument("--cache_dir", default=None, help="hub cache folder (default: <workspace>/standin-hub)")
-    args = ap.parse_args(argv)
-    try:
-        if args.cmd == "build":
-            import resource
+    return ap
 
-            repos = [r.strip() for r in args.repos.split(",") if r.strip()] if args.repos else None
-            start = time.perf_counter()
-            cache = build(args.cache_dir, repos, args.layers_7b, args.force)
-            _print_status(status(cache), cache)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
-            print(f"built in {time.perf_counter() - start:.0f} s, peak RSS {peak:.2f} GiB, "
-                  f"disk {disk_bytes(cache) / 2 ** 30:.2f} GiB")
-            return 0
-        cache = _cache(args.cache_dir)
+
+def _run(args) -> int:
+    """The CLI: build (then the status, time, peak memory, disk) or check (the status; StandinError if stale)."""
+    if args.cmd == "build":
+        import resource  # Unix only: imported where the peak RSS is read
+
+        repos = [r.strip() for r in args.repos.split(",") if r.strip()] if args.repos else None
+        start = time.perf_counter()
+        cache = build(args.cache_dir, repos, args.layers_7b, args.force)
         _print_status(status(cache), cache)
-        require(args.cache_dir)
-        print("ok")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+        print(f"built in {time.perf_counter() - start:.0f} s, peak RSS {peak:.2f} GiB, "
+              f"disk {disk_bytes(cache) / 2 ** 30:.2f} GiB")
         return 0
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cache = _cache(args.cache_dir)
+    _print_status(status(cache), cache)
+    require(args.cache_dir)
+    print("ok")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.standin build|check``; returns the exit code (2 for bad input or a missing hub)."""
+    return cli_main(_run, argv, build_parser())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

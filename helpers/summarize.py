@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-from .core import CourseError
-from .rag import CHUNK_OVERLAP, CHUNK_SIZE, load_document, text_splitter, token_counter, wrap
+from .chains import (CHUNK_OVERLAP, CHUNK_SIZE, add_llm_arguments, llm_from_args, load_document, text_splitter,
+                     token_counter, wrap)
+from .core import CourseError, cli_main
 
 CHAIN_TYPES = ("stuff", "refine", "map_reduce")
 # The instruction texts of the original langchain_sum.py, wrapped in the Chinese-Alpaca template.
@@ -41,12 +41,12 @@ def split_text(text: str, chunk_size: int = CHUNK_SIZE, chunk_overlap: int = CHU
 
 
 def ensure_token_counter(llm, tokenizer=None):
-    """``llm`` with a working token counter: ``tokenizer`` when given, else the LLM's own; refuses a
+    """Returns ``llm`` with a working token counter: ``tokenizer`` when given, else the LLM's own; refuses a
     counter that returns 0 tokens for Chinese text (LangChain's offline GPT-2 fallback)."""
     if tokenizer is not None:
         llm = llm.model_copy(update={"custom_get_token_ids": token_counter(tokenizer)})
     if getattr(llm, "custom_get_token_ids", None) is None:
-        raise CourseError("map_reduce needs a token counter: build the LLM with helpers.rag.local_llm / "
+        raise CourseError("map_reduce needs a token counter: build the LLM with helpers.chains.local_llm / "
                           "api_llm(tokenizer=...) or pass tokenizer= (LangChain's GPT-2 default needs the hub)")
     if llm.get_num_tokens("这是一个用于数词元的句子。") == 0:
         raise CourseError("the LLM's token counter returns 0 tokens (empty tokenizer?); pass the course tokenizer")
@@ -55,7 +55,7 @@ def ensure_token_counter(llm, tokenizer=None):
 
 def build_summarize_chain(llm, chain_type: str = "refine", template: str = "alpaca", token_max: int = TOKEN_MAX,
                           tokenizer=None, collapse_max_retries: int = 3):
-    """A ``load_summarize_chain`` chain with the original prompts; ``map_reduce`` uses the summary prompt
+    """Returns a ``load_summarize_chain`` chain with the original prompts; ``map_reduce`` uses the summary prompt
     for map, collapse and combine, and counts tokens with the course tokenizer."""
     from langchain_classic.chains.summarize import load_summarize_chain
     from langchain_core.prompts import PromptTemplate
@@ -81,8 +81,7 @@ def summarize(chain, docs: list, callbacks: list | None = None) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .rag import add_llm_arguments
-
+    """Returns the parser of ``python -m helpers.summarize`` (the flags of the original langchain_sum.py)."""
     p = argparse.ArgumentParser(prog="python -m helpers.summarize", description=__doc__.split("\n\n")[0])
     p.add_argument("--file_path", required=True, help="UTF-8 document to summarize")
     add_llm_arguments(p, CHAIN_TYPES)
@@ -90,21 +89,20 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    from .rag import llm_from_args
-
-    args = parser().parse_args(argv)
-    try:
-        docs = split_text(load_document(args.file_path)[0].page_content, args.chunk_size, args.chunk_overlap)
-        llm, template, tokenizer = llm_from_args(args)
-        chain = build_summarize_chain(llm, args.chain_type, template, args.token_max, tokenizer)
-        print(json.dumps({"file_path": str(Path(args.file_path)), "chain_type": args.chain_type,
-                          "chunks": len(docs), "summary": summarize(chain, docs)}, ensure_ascii=False))
-    except CourseError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def _run(args) -> int:
+    """The CLI: split the document, build the chain, print one JSON line with the summary."""
+    docs = split_text(load_document(args.file_path)[0].page_content, args.chunk_size, args.chunk_overlap)
+    llm, template, tokenizer = llm_from_args(args)
+    chain = build_summarize_chain(llm, args.chain_type, template, args.token_max, tokenizer)
+    print(json.dumps({"file_path": str(Path(args.file_path)), "chain_type": args.chain_type,
+                      "chunks": len(docs), "summary": summarize(chain, docs)}, ensure_ascii=False))
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.summarize ...``; returns the exit code (2 with a message on bad input)."""
+    return cli_main(_run, argv, parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -12,6 +12,7 @@ byte-identical files (checked by SHA256 in the tests).
 | ``hf_model``            | ``llama-7b-hf`` (hidden 4096, 32 layers)          | hidden 64, 2 layers, 4 heads (GQA: 2 kv heads) |
 | ``meta_checkpoint``     | ``7B/consolidated.00.pth`` + ``params.json``      | 1 shard, or 2 tensor-parallel shards |
 | ``lora_adapters``       | Chinese-LLaMA-LoRA, Chinese-Alpaca-LoRA           | r=8 LoRA + embed_tokens/lm_head |
+| ``merged_model``        | merged Chinese-LLaMA / Chinese-Alpaca (step 04)   | base + LoRA(s), HF safetensors |
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from .core import DATA_DIR, workspace
 from .io import atomic_dir
+from .weights import load_hf_state_dict
 
 FACTORY_VERSION = "1"
 SEED = 1234
@@ -42,7 +44,7 @@ TINY_CONFIG = dict(
     eos_token_id=2,
 )
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj", "up_proj"]
-_SOURCES = ["tiny.py", "vocab.py", "tokenizer.py", "convert.py"]
+_SOURCES = ["tiny.py", "vocab.py", "tokenizer.py", "convert.py", "weights.py"]
 
 
 def _fingerprint(name: str, inputs: list[Path], extra: str = "") -> str:
@@ -197,7 +199,6 @@ def meta_checkpoint(num_shards: int = 1, gqa: bool = False) -> Path:
     grouped-query attention. The weights are those of :func:`hf_model` in Meta's layout.
     """
     import torch
-    from safetensors.torch import load_file
     from transformers import AutoConfig
 
     from .convert import hf_to_meta_state_dict, meta_params_from_config, split_meta_shards
@@ -207,7 +208,7 @@ def meta_checkpoint(num_shards: int = 1, gqa: bool = False) -> Path:
 
     def build(tmp: Path):
         cfg = AutoConfig.from_pretrained(src)
-        sd = load_file(str(src / "model.safetensors"))
+        sd = load_hf_state_dict(src)
         meta = hf_to_meta_state_dict(sd, cfg.num_attention_heads, cfg.num_key_value_heads)
         params = meta_params_from_config(cfg)
         out = tmp / size
@@ -287,6 +288,27 @@ def lora_adapters() -> dict[str, Path]:
 
     root = _cached("lora_adapters", build, [base / "model.safetensors", toks["llama_sp"], toks["alpaca_sp"]])
     return {"llama": root / "chinese-llama-lora", "alpaca": root / "chinese-alpaca-lora"}
+
+
+def merged_model(kind: str = "alpaca") -> Path:
+    """The tiny merged model with the extended vocabulary, merged by :func:`helpers.merge.merge_lora_into` as in
+    step 04: ``llama`` = base + Chinese-LLaMA-LoRA, ``alpaca`` = base + Chinese-LLaMA-LoRA + Chinese-Alpaca-LoRA.
+    Returns the HF folder (``<workspace>/tiny/merged_<kind>/tiny-chinese-<kind>-merged``)."""
+    from .core import CourseError
+    from .merge import merge_lora_into
+
+    if kind not in ("llama", "alpaca"):
+        raise CourseError(f"kind {kind!r}: choose llama or alpaca")
+    loras = lora_adapters()
+    chain = [loras["llama"]] + ([loras["alpaca"]] if kind == "alpaca" else [])
+    base, name = hf_model(), f"tiny-chinese-{kind}-merged"
+    here = Path(__file__).parent
+
+    def build(tmp: Path):
+        merge_lora_into(base, chain, tmp / name, output_type="huggingface", progress=False)
+
+    inputs = [base / "model.safetensors", *(p / "adapter_model.safetensors" for p in chain), here / "merge.py"]
+    return _cached(f"merged_{kind}", build, inputs) / name
 
 
 def build_all() -> dict[str, Path]:

@@ -8,14 +8,15 @@ always save ``tokenizer.json`` + ``tokenizer_config.json`` next to ``tokenizer.m
 """
 from __future__ import annotations
 
-import json
+import shutil
 from pathlib import Path
 
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
 from .core import CourseError
-# SentencePiece piece types (sentencepiece_model.proto)
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+from .weights import TokenType
+from .io import read_json, write_json
+
 
 
 class TokenizerError(CourseError):
@@ -71,9 +72,9 @@ def build_backend(model_file: str | Path) -> tuple[Tokenizer, dict]:
     for i, p in enumerate(proto.pieces):
         vocab[p.piece] = i
         scores[p.piece] = p.score
-        if p.type in (CONTROL, UNKNOWN):
+        if p.type in (TokenType.CONTROL, TokenType.UNKNOWN):
             special.append(p.piece)
-        elif p.type == USER_DEFINED:
+        elif p.type == TokenType.USER_DEFINED:
             user.append(p.piece)
     merge_vocab = {k: v for k, v in vocab.items() if k not in special and k not in user}
     unk = proto.pieces[proto.trainer_spec.unk_id].piece
@@ -123,9 +124,8 @@ def build_hf_tokenizer(model_file: str | Path, pad_token: str | None = None):
 
 
 def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, pad_token: str | None = None):
-    """Write ``tokenizer.model`` + ``tokenizer.json`` + ``tokenizer_config.json`` into ``out_dir``."""
-    import shutil
-
+    """Write ``tokenizer.model`` + ``tokenizer.json`` + ``tokenizer_config.json`` into ``out_dir``; returns the
+    tokenizer (:func:`build_hf_tokenizer`)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = build_hf_tokenizer(model_file, pad_token=pad_token)
@@ -133,10 +133,10 @@ def save_hf_tokenizer(model_file: str | Path, out_dir: str | Path, pad_token: st
     if Path(model_file).resolve() != (out / "tokenizer.model").resolve():
         shutil.copyfile(model_file, out / "tokenizer.model")
     cfg_path = out / "tokenizer_config.json"
-    cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    cfg = read_json(cfg_path)
     cfg.update({"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False,
                 "padding_side": "left", "clean_up_tokenization_spaces": False})
-    cfg_path.write_text(json.dumps(cfg, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_json(cfg_path, cfg)
     return tok
 
 
@@ -154,7 +154,12 @@ def load_tokenizer(path: str | Path, pad_token: str | None = None):
     if not p.is_dir():
         raise TokenizerError(f"{p}: tokenizer folder not found (pass a folder with tokenizer.model or tokenizer.json)")
     if (p / "tokenizer.json").is_file() and (p / "tokenizer_config.json").is_file():
-        tok = AutoTokenizer.from_pretrained(p, trust_remote_code=False)
+        try:
+            tok = AutoTokenizer.from_pretrained(p, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - json, tokenizers (Rust) and transformers each raise their own
+            raise TokenizerError(f"{p}: tokenizer.json / tokenizer_config.json cannot be loaded "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); re-save the "
+                                 "folder (helpers.tokenizer.save_hf_tokenizer) or pass its tokenizer.model") from e
         if pad_token and tok.pad_token is None:
             tok.add_special_tokens({"pad_token": pad_token})
         return tok

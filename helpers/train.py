@@ -30,9 +30,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import CourseError
+from .core import CourseError, cli_main
 from .device import choose, quantization_config
 from .io import read_json
+from .weights import WeightReader
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 DS_ZERO2 = ASSETS / "ds_zero2_no_offload.json"
@@ -189,17 +190,12 @@ def parse_args(argv: list[str]):
 
 # --------------------------------------------------------------------------- vocabulary checks
 def adapter_vocab_size(peft_path: str | Path) -> int | None:
-    """Rows of the ``embed_tokens`` (or ``lm_head``) saved in a PEFT adapter, or None if it saves neither."""
-    from safetensors import safe_open
-
-    path = Path(peft_path)
-    file = path / "adapter_model.safetensors"
-    if not file.is_file():
-        raise CourseError(f"--peft_path {path}: no adapter_model.safetensors (pass a PEFT LoRA folder)")
-    with safe_open(str(file), framework="pt") as f:
-        for key in f.keys():
+    """Rows of the ``embed_tokens`` (or ``lm_head``) saved in a PEFT adapter, or None if it saves neither (read from
+    the file headers)."""
+    with WeightReader(peft_path, "--peft_path", adapter=True) as r:
+        for key in r.keys:
             if ("embed_tokens" in key or "lm_head" in key) and "lora_" not in key:
-                return int(f.get_slice(key).get_shape()[0])
+                return r.shape(key)[0]
     return None
 
 
@@ -342,10 +338,9 @@ def state_digest(tensors: dict) -> str:
 
 
 def adapter_digest(adapter_dir: str | Path) -> str:
-    """:func:`state_digest` of a saved ``adapter_model.safetensors``."""
-    from safetensors.torch import load_file
-
-    return state_digest(load_file(str(Path(adapter_dir) / "adapter_model.safetensors")))
+    """:func:`state_digest` of a saved adapter (``adapter_model.safetensors`` or ``.bin``)."""
+    with WeightReader(adapter_dir, "adapter folder", adapter=True) as r:
+        return state_digest(r.state_dict())
 
 
 def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, float]]:
@@ -518,18 +513,17 @@ def launch_command(stage: str, nproc_per_node: int = 2, deepspeed: bool = True, 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m helpers.train pt|sft --flag ...``; exit 2 with a message on bad input."""
-    from .tokenizer import TokenizerError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES:
         print("usage: python -m helpers.train {pt,sft} --model_name_or_path ... --dataset_dir ... --output_dir ...\n"
               "       python -m helpers.train sft --help", file=sys.stderr)
         return 2
-    try:
-        result = run(argv[0], argv[1:])
-    except (CourseError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return cli_main(_run, argv)
+
+
+def _run(argv: list[str]) -> int:
+    """The CLI: train ``argv[0]`` (pt or sft) with the flags ``argv[1:]``; rank 0 prints the loss."""
+    result = run(argv[0], argv[1:])
     if result.world_size == 1 or int(os.environ.get("RANK", "0")) == 0:
         losses = result.losses
         if losses:

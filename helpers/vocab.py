@@ -15,15 +15,16 @@ and the Hugging Face tokenizer agree exactly.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import re
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
-from .core import CourseError
-from .io import atomic_write_bytes
-from .tokenizer import TokenizerError, load_sp_proto
+from .core import DATA_DIR, CourseError, cli_main
+from .io import atomic_dir, atomic_write_bytes
+from .weights import TokenType
+from .tokenizer import TokenizerError, load_sp_proto, save_hf_tokenizer
 
 # LLaMA's tokenizer.model settings (read from the released model's trainer_spec).
 LLAMA_SP_SETTINGS = dict(
@@ -39,7 +40,6 @@ LLAMA_SP_SETTINGS = dict(
     eos_id=2,
     pad_id=-1,
 )
-NORMAL = 1
 CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 CJK_WORD = re.compile(r"^[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]+$")
 # Share of the (weighted) training characters that comes from the project's corpus; the rest is jieba's dict.
@@ -131,11 +131,11 @@ def merge_sp_models(llama_model: str | Path, chinese_model: str | Path, out_mode
     base_size = len(llama.pieces)
     new_pieces = []
     for p in chinese.pieces:
-        if p.piece in have or p.type != NORMAL:  # only NORMAL pieces; control/byte pieces exist already
+        if p.piece in have or p.type != TokenType.NORMAL:  # only NORMAL pieces; control/byte pieces exist already
             continue
         new_pieces.append(p.piece)
         have.add(p.piece)
-    top = max((p.score for p in llama.pieces if p.type == NORMAL), default=0.0)
+    top = max((p.score for p in llama.pieces if p.type == TokenType.NORMAL), default=0.0)
     for k, piece in enumerate(new_pieces):
         new = sp_pb2.ModelProto().SentencePiece()
         new.piece = piece
@@ -149,8 +149,6 @@ def merge_sp_models(llama_model: str | Path, chinese_model: str | Path, out_mode
 
 def jieba_dict_path() -> Path:
     """``jieba``'s bundled ``dict.txt`` (word, count, part of speech per line)."""
-    import importlib.util
-
     spec = importlib.util.find_spec("jieba")
     if spec is None or spec.origin is None:
         raise VocabError("jieba is needed for the Chinese word frequencies: pip install jieba")
@@ -159,8 +157,6 @@ def jieba_dict_path() -> Path:
 
 def chinese_training_inputs() -> list[Path]:
     """The files the Chinese SentencePiece model is trained on: the project corpus and jieba's dict.txt."""
-    from .core import DATA_DIR
-
     return [DATA_DIR / "zh_corpus.txt", jieba_dict_path()]
 
 
@@ -238,7 +234,7 @@ def add_pad_piece(model_file: str | Path, out_model: str | Path, pad: str = "[PA
         raise VocabError(f"{model_file}: already has {pad} (an Alpaca tokenizer?); pass the Chinese-LLaMA model "
                          "without it, or use this one as is")
     new = sp_pb2.ModelProto().SentencePiece()
-    new.piece, new.score, new.type = pad, 0.0, 3  # CONTROL: never produced from text
+    new.piece, new.score, new.type = pad, 0.0, TokenType.CONTROL  # never produced from text
     proto.pieces.append(new)
     atomic_write_bytes(out_model, proto.SerializeToString())
     return len(proto.pieces)
@@ -251,8 +247,6 @@ def merge_tokenizers(llama_model: str | Path, chinese_model: str | Path, out_dir
     ``merged_tokenizer_sp/chinese_alpaca.model``, ``alpaca_tokenizer_hf/`` (Chinese-Alpaca, + ``[PAD]``).
     Returns the counts of :func:`merge_sp_models` plus ``alpaca`` (the size with ``[PAD]``).
     """
-    from .tokenizer import save_hf_tokenizer
-
     out = Path(out_dir)
     sp_dir = out / "merged_tokenizer_sp"
     stats = merge_sp_models(llama_model, chinese_model, sp_dir / "chinese_llama.model")
@@ -268,8 +262,6 @@ def extend_vocab(llama_tokenizer_dir: str | Path, chinese_sp_model_file: str | P
 
     An existing ``output_dir`` is refused unless ``overwrite``. Returns the counts of :func:`merge_tokenizers`.
     """
-    from .io import atomic_dir
-
     load_base_sp(llama_tokenizer_dir)  # fail early, before training
     base = Path(llama_tokenizer_dir)
     base = base / "tokenizer.model" if base.is_dir() else base
@@ -364,8 +356,8 @@ def resize_embeddings(model, new_size: int):
 
 
 # --------------------------------------------------------------------------- CLI
-def main(argv=None) -> int:
-    """``python -m helpers.vocab --llama_tokenizer_dir DIR --chinese_sp_model_file FILE [--output_dir OUT]``."""
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.vocab`` (the flags of the original merge_tokenizers.py, and more)."""
     ap = argparse.ArgumentParser(prog="python -m helpers.vocab", description=__doc__.split("\n\n")[0])
     ap.add_argument("--llama_tokenizer_dir", required=True, help="folder with LLaMA's tokenizer.model")
     ap.add_argument("--chinese_sp_model_file", default=None,
@@ -374,17 +366,23 @@ def main(argv=None) -> int:
                     "alpaca_tokenizer_hf/ inside")
     ap.add_argument("--vocab_size", type=int, default=20000, help="pieces of the Chinese model when training one")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --output_dir")
-    args = ap.parse_args(argv)
-    try:
-        stats = extend_vocab(args.llama_tokenizer_dir, args.chinese_sp_model_file, args.output_dir,
-                             overwrite=args.overwrite, vocab_size=args.vocab_size)
-    except (CourseError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return ap
+
+
+def _run(args) -> int:
+    """The CLI: the whole step, then one line with the sizes."""
+    stats = extend_vocab(args.llama_tokenizer_dir, args.chinese_sp_model_file, args.output_dir,
+                         overwrite=args.overwrite, vocab_size=args.vocab_size)
     print(f"LLaMA {stats['base']} + {stats['added']} Chinese pieces = {stats['merged']} (Chinese-LLaMA); "
           f"+ [PAD] = {stats['alpaca']} (Chinese-Alpaca) -> {args.output_dir}")
     return 0
 
 
+def main(argv=None) -> int:
+    """``python -m helpers.vocab --llama_tokenizer_dir DIR --chinese_sp_model_file FILE [--output_dir OUT]``;
+    returns the exit code (2 with a message on bad input)."""
+    return cli_main(_run, argv, build_parser())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

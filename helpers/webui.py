@@ -10,15 +10,14 @@ LoRA-adapter switch (reloads the base model + adapter: adapters may come with di
 from __future__ import annotations
 
 import argparse
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 from .catalog import template_for
-from .core import CourseError
+from .core import CourseError, cli_main, detect_platform
 from .generation import GENERATION_DEFAULTS, cut_at_stop, stream
-from .modeling import add_model_arguments, apply_model_arguments
+from .modeling import add_model_arguments, apply_model_arguments, load_model
 from .prompts import ChatFamily, family_names, get_family, history_to_messages, render, stop_strings
 
 NO_LORA = "(base model, no LoRA)"
@@ -35,8 +34,6 @@ class ChatEngine:
     def __init__(self, base_model: str | Path, adapters: dict[str, str | Path | None] | None = None,
                  tokenizer_path: str | Path | None = None, template: str | None = None, device: str | None = None,
                  load_in_8bit: bool = False, loader=None, load_in_4bit: bool = False):
-        from .modeling import load_model
-
         self.base_model, self.tokenizer_path, self.device = base_model, tokenizer_path, device
         self.load_in_8bit, self.load_in_4bit = load_in_8bit, load_in_4bit
         self.adapters = dict(adapters) if adapters else {NO_LORA: None}
@@ -183,8 +180,6 @@ def access_hint(port: int, where: str | None = None) -> str:
     """How a learner opens a server started on ``127.0.0.1:port``: locally the address; on Colab the port
     proxy's address (the server stays on 127.0.0.1, Colab forwards it to your browser only); on AutoDL an SSH
     tunnel, or the custom-service port 6006 (an explicit ``--host 0.0.0.0`` choice, with a password)."""
-    from .core import detect_platform
-
     where = where or detect_platform()
     local = f"http://127.0.0.1:{port}"
     if where == "colab":
@@ -212,32 +207,35 @@ def parse_adapters(value: str | None) -> dict[str, str | None]:
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m helpers.webui ...``: serve until stopped; returns the exit code (2 with a message on bad input)."""
-    from .tokenizer import TokenizerError
-
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser of ``python -m helpers.webui`` (the model flags of the original gradio_demo.py)."""
     p = argparse.ArgumentParser(prog="python -m helpers.webui", description="Gradio chat UI for a course model")
     add_model_arguments(p, lora_help="one or more LoRA folders, comma-separated (switchable)")
     p.add_argument("--template", default=None, help=f"chat family, one of {family_names()}; default: guessed")
     p.add_argument("--host", default="127.0.0.1", help="127.0.0.1 = local only; reach a remote one with ssh -L")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--share", action="store_true", help="refused: use ssh port forwarding instead")
-    args = p.parse_args(argv)
-    try:
-        if args.share:
-            raise CourseError("--share is off in this course: it would publish the model on a public gradio.live "
-                              "URL. On a remote server use `ssh -L 7860:127.0.0.1:7860 user@server` instead")
-        if args.template:
-            get_family(args.template)
-        engine = ChatEngine(args.base_model, parse_adapters(args.lora_model), args.tokenizer_path, args.template,
-                            **apply_model_arguments(args))
-    except (CourseError, TokenizerError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return p
+
+
+def _run(args) -> int:
+    """The CLI: refuse --share, load the engine, serve until stopped."""
+    if args.share:
+        raise CourseError("--share is off in this course: it would publish the model on a public gradio.live "
+                          "URL. On a remote server use `ssh -L 7860:127.0.0.1:7860 user@server` instead")
+    if args.template:
+        get_family(args.template)
+    engine = ChatEngine(args.base_model, parse_adapters(args.lora_model), args.tokenizer_path, args.template,
+                        **apply_model_arguments(args))
     print(f"web UI on http://{args.host}:{args.port} (template {engine.template})", flush=True)
     print(access_hint(args.port), flush=True)
     launch(create_ui(engine), args.host, args.port)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.webui ...``: serve until stopped; returns the exit code (2 with a message on bad input)."""
+    return cli_main(_run, argv, build_parser())
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+import meta_reference
 from helpers import convert, tiny
 from helpers.core import CourseError
 
@@ -26,6 +27,66 @@ def converted(tmp_path_factory):
         root = tiny.meta_checkpoint(shards, gqa)
         out[size] = (root, convert.meta_to_hf(root, size, tmp_path_factory.mktemp("hf") / size))
     return out
+
+
+def _hf_weights(gqa: bool) -> tuple[dict, dict]:
+    """``(state dict, config.json)`` of the tiny HF model, read with the safetensors library."""
+    from safetensors.torch import load_file
+
+    src = tiny.hf_model(gqa=gqa)
+    return load_file(str(src / "model.safetensors")), json.loads((src / "config.json").read_text(encoding="utf-8"))
+
+
+def _spec_checkpoint(root, gqa: bool, n: int) -> dict:
+    """A Meta download (``root/tokenizer.model``, ``root/spec/consolidated.0N.pth``, ``params.json``) built in the
+    test from Meta's specification (tests/meta_reference.py), not by helpers; returns the HF weights it holds."""
+    sd, cfg = _hf_weights(gqa)
+    ref = meta_reference.meta_state_dict(sd, cfg["num_attention_heads"], cfg["num_key_value_heads"],
+                                         cfg["num_hidden_layers"])
+    (root / "spec").mkdir(parents=True)
+    for rank, shard in enumerate(meta_reference.shards(ref, n)):
+        torch.save(shard, root / "spec" / f"consolidated.{rank:02d}.pth")
+    params = {"dim": cfg["hidden_size"], "multiple_of": 4, "n_heads": cfg["num_attention_heads"],
+              "n_layers": cfg["num_hidden_layers"], "norm_eps": cfg["rms_norm_eps"], "vocab_size": -1}
+    if gqa:
+        params["n_kv_heads"] = cfg["num_key_value_heads"]
+    (root / "spec" / "params.json").write_text(json.dumps(params), encoding="utf-8")
+    shutil.copyfile(tiny.hf_model(gqa=gqa) / "tokenizer.model", root / "tokenizer.model")
+    return sd
+
+
+def test_split_dims_are_metas_parallel_layers():
+    """All nine split dimensions (and the replicated norms) against Meta's ColumnParallel/RowParallel table."""
+    for name, dim in meta_reference.META_PARALLEL.items():
+        key = f"{name}.weight" if name in meta_reference.GLOBAL_NAMES else f"layers.7.{name}.weight"
+        assert convert.split_dim(key) == dim, key
+    for name in meta_reference.REPLICATED:
+        key = f"{name}.weight" if name in meta_reference.GLOBAL_NAMES else f"layers.7.{name}.weight"
+        assert convert.split_dim(key) is None, key
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_meta_to_hf_reads_shards_built_from_the_specification(tmp_path, gqa):
+    """2 tensor-parallel shards made in the test from Meta's table convert back to the exact HF weights."""
+    from safetensors.torch import load_file
+
+    want = _spec_checkpoint(tmp_path / "meta", gqa, 2)
+    got = load_file(str(convert.meta_to_hf(tmp_path / "meta", "spec", tmp_path / "hf") / "model.safetensors"))
+    assert got.keys() == want.keys()
+    assert [k for k in want if not torch.equal(got[k], want[k])] == []
+
+
+@pytest.mark.parametrize("gqa", [False, True])
+def test_hf_to_meta_writes_metas_parallel_layout(tmp_path, gqa):
+    """HF -> 2 Meta shards: every tensor of every shard equals the specification's (names, q/k rows, splits)."""
+    sd, cfg = _hf_weights(gqa)
+    ref = meta_reference.meta_state_dict(sd, cfg["num_attention_heads"], cfg["num_key_value_heads"],
+                                         cfg["num_hidden_layers"])
+    out = convert.hf_to_meta(tiny.hf_model(gqa=gqa), tmp_path / "pth", num_shards=2)
+    for rank, want in enumerate(meta_reference.shards(ref, 2)):
+        got = torch.load(out / f"consolidated.{rank:02d}.pth", map_location="cpu", weights_only=True)
+        assert got.keys() == want.keys()
+        assert [k for k in want if not torch.equal(got[k], want[k])] == [], rank
 
 
 @pytest.mark.parametrize("shards,gqa,size", CASES)
@@ -50,7 +111,9 @@ def test_converted_model_matches_meta_forward_pass(converted, shards, gqa, size)
 def test_without_the_qk_permutation_logits_differ(monkeypatch, tmp_path):
     """The reference is sensitive to the rotary layout: skipping the permutation must break equality."""
     root = tiny.meta_checkpoint(1)
-    monkeypatch.setattr(convert, "permute_meta_to_hf", lambda w, n: w)
+    from helpers import weights
+
+    monkeypatch.setattr(weights, "permute_meta_to_hf", lambda w, n: w)
     model = _hf(convert.meta_to_hf(root, "tiny", tmp_path / "hf"))
     sd, params = convert.load_meta_checkpoint(root / "tiny")
     tokens = torch.arange(3, 19).view(1, 16)

@@ -239,6 +239,11 @@ def test_cli(fake, tmp_path, monkeypatch, capsys):
     assert crawl.main([str(out), "--rounds", "3", "--base_url", "https://api.example.com/v1"]) == 2
     assert "OPENAI_API_KEY is not set" in capsys.readouterr().err
     assert crawl.main([str(out), "--rounds", "0", "--base_url", srv.url]) == 2
+    assert capsys.readouterr().err == "error: --rounds must be at least 1\n"
+    (tmp_path / "topics.json").write_text("[]", encoding="utf-8")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert crawl.main([str(out), "--rounds", "3", "--base_url", srv.url, "--topics", str(tmp_path / "topics.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'topics.json'}: must be a JSON object")
 
 
 def test_read_log_repairs_torn_and_unterminated_lines(tmp_path):

@@ -71,6 +71,10 @@ def test_bad_json_and_jsonl_lines(tmp_path):
     q.write_text("[{]", encoding="utf-8")
     with pytest.raises(CourseError, match="broken.json: invalid JSON at line 1"):
         data.load_sft_records(q)
+    g = tmp_path / "gbk.jsonl"
+    g.write_bytes(json.dumps(ALPACA[0], ensure_ascii=False).encode("gbk"))
+    with pytest.raises(CourseError, match="gbk.jsonl: not UTF-8"):
+        data.load_sft_records(g)
 
 
 def test_pt_texts_txt_csv_json(tmp_path):
@@ -200,3 +204,37 @@ def test_flatten_packing_has_no_cross_contamination(tok):
     assert longest["input_ids"].shape[1] == max(len(f["input_ids"]) for f in feats)
     with pytest.raises(CourseError, match="--packing"):
         data.make_collator(tok, "zip")
+
+
+FEATS = [{"input_ids": [1, 11, 12, 13, 14], "labels": [-100, -100, -100, 13, 14]},
+         {"input_ids": [1, 21], "labels": [-100, 21]},
+         {"input_ids": [1, 31, 32], "labels": [-100, -100, 32]}]
+
+
+def _hand_padded(width: int, pad: int) -> dict:
+    """The batch written out from the specification: every row right-padded to ``width`` with ``pad``, labels
+    with -100, attention mask 1 on real tokens."""
+    rows = [f["input_ids"] for f in FEATS]
+    return {"input_ids": [r + [pad] * (width - len(r)) for r in rows],
+            "labels": [f["labels"] + [-100] * (width - len(f["labels"])) for f in FEATS],
+            "attention_mask": [[1] * len(r) + [0] * (width - len(r)) for r in rows]}
+
+
+@pytest.mark.parametrize("which", ["alpaca_hf", "llama_hf"])
+def test_padding_collators_match_a_hand_padded_batch(which):
+    """longest / pad_to_max pad on the right whatever the tokenizer's (generation) padding side, labels with -100;
+    the LLaMA tokenizer has no pad token, so its unk id pads; the tokenizer is left as it was."""
+    from helpers import tiny
+    from helpers.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny.merged_tokenizers()[which])
+    assert tok.padding_side == "left"
+    pad = tok.pad_token_id if which == "alpaca_hf" else tok.unk_token_id
+    assert (tok.pad_token is None) == (which == "llama_hf")
+    cases = [(data.make_collator(tok, "longest"), 5), (data.make_collator(tok, "pad_to_max", 7), 7),
+             (data.make_collator(tok, "longest", pad_to_multiple_of=8), 8),  # 5 rounded up to a multiple of 8
+             (data.make_collator(tok, "pad_to_max", 7, pad_to_multiple_of=4), 8)]
+    for collate, width in cases:
+        got = collate([dict(f) for f in FEATS])
+        assert {k: got[k].tolist() for k in ("input_ids", "labels", "attention_mask")} == _hand_padded(width, pad)
+    assert tok.padding_side == "left" and (tok.pad_token is None) == (which == "llama_hf")

@@ -57,7 +57,7 @@ def _accepted(obj) -> set[str] | None:
 
 
 def _sources():
-    for p in sorted((ROOT / "helpers").glob("*.py")):
+    for p in sorted((ROOT / "helpers").rglob("*.py")):
         yield p.name, p.read_text(encoding="utf-8")
     for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(nb.read_text(encoding="utf-8"))["cells"]

@@ -1,14 +1,16 @@
 """Step 11: GGUF (llama.cpp parity, transformers' GGUF loader), Ollama Modelfile rendering, fastllm .flm."""
-import os
 import json
+import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import meta_reference
 from helpers import export as E
 from helpers import prompts
-from helpers.convert import permute_hf_to_meta
 from helpers.generation import GENERATION_DEFAULTS
 from helpers.tokenizer import load_tokenizer
 
@@ -51,13 +53,16 @@ def llm_f32(ggufs):
 
 # --------------------------------------------------------------------------- GGUF file
 def test_sp_vocab_pads_and_keeps_pieces(merged, tok):
+    import gguf
     import sentencepiece as spm
 
     sp = spm.SentencePieceProcessor(model_file=str(merged / "tokenizer.model"))
     v = E.sp_vocab(merged / "tokenizer.model", sp.get_piece_size() + 3, merged)
     assert v.tokens[:sp.get_piece_size()] == [sp.id_to_piece(i) for i in range(sp.get_piece_size())]
     assert v.scores[5] == pytest.approx(sp.get_score(5))
-    assert v.types[-3:] == [5, 5, 5] and v.tokens[-1] == f"[PAD{sp.get_piece_size() + 2}]"
+    assert v.types[-3:] == [gguf.TokenType.UNUSED] * 3 and v.tokens[-1] == f"[PAD{sp.get_piece_size() + 2}]"
+    assert v.types[:3] == [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL]  # <unk> <s> </s>
+    assert v.types[sp.piece_to_id("<0x41>")] == gguf.TokenType.BYTE and sp.is_byte(sp.piece_to_id("<0x41>"))
     assert (v.bos_id, v.eos_id, v.unk_id) == (1, 2, 0)
     assert v.pad_id == tok.pad_token_id == tok.convert_tokens_to_ids("[PAD]")
     with pytest.raises(E.ExportError, match="tokenizer_path"):
@@ -93,7 +98,7 @@ def test_gguf_metadata_layout_and_sizes(ggufs, merged, tok):
     sd = load_file(str(merged / "model.safetensors"))
     r = {t.name: np.array(t.data) for t in gguf.GGUFReader(str(ggufs["f32"])).tensors}
     q = sd["model.layers.0.self_attn.q_proj.weight"]
-    assert np.array_equal(r["blk.0.attn_q.weight"], permute_hf_to_meta(q, 4).numpy())
+    assert np.array_equal(r["blk.0.attn_q.weight"], meta_reference.interleave_rows(q, 4).numpy())
     assert not np.array_equal(r["blk.0.attn_q.weight"], q.numpy())
     assert np.array_equal(r["blk.0.attn_v.weight"], sd["model.layers.0.self_attn.v_proj.weight"].numpy())
 
@@ -147,6 +152,38 @@ def test_llama_cpp_gqa_model(tmp_path):
     assert rep["max_abs_logit_diff"] < 1e-3 and rep["greedy_equal"]
 
 
+@pytest.fixture(scope="module")
+def rope_x4(tmp_path_factory):
+    """The tiny model with rope scaling linear x4 in its config.json, spelled as the hfl 16K releases do."""
+    from helpers import tiny
+
+    out = tmp_path_factory.mktemp("rope") / "tiny-16k"
+    shutil.copytree(tiny.hf_model(), out)
+    cfg = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    cfg.pop("rope_parameters", None)
+    cfg.update(rope_theta=10000.0, rope_scaling={"type": "linear", "factor": 4.0})
+    (out / "config.json").write_text(json.dumps(cfg), encoding="utf-8")
+    return out
+
+
+def test_rope_scaling_reaches_llama_cpp(rope_x4, tmp_path):
+    """A position-interpolation model: llama.cpp on the GGUF equals transformers on the folder (which applies the
+    scaling: its logits differ from the unscaled model's)."""
+    from transformers import AutoModelForCausalLM
+
+    from helpers import tiny
+
+    model = AutoModelForCausalLM.from_pretrained(rope_x4, dtype=torch.float32).eval()
+    ids = load_tokenizer(rope_x4)(TEXTS[2])["input_ids"]
+    plain = AutoModelForCausalLM.from_pretrained(tiny.hf_model(), dtype=torch.float32).eval()
+    assert np.abs(E.hf_logits(model, ids) - E.hf_logits(plain, ids)).max() > 0.1
+    out = E.export_gguf(rope_x4, tmp_path / "x4.gguf", "f32", family=None, progress=False)
+    meta = E.gguf_summary(out)["metadata"]
+    assert (meta["llama.rope.scaling.type"], meta["llama.rope.scaling.factor"]) == ("linear", 4.0)
+    rep = E.compare_with_llama_cpp(rope_x4, out, TEXTS[2:3], max_new_tokens=6, model=model)
+    assert rep["max_abs_logit_diff"] < 1e-3 and rep["greedy_equal"]
+
+
 @pytest.mark.slow
 def test_llama_cpp_f16_q8_close(ggufs, hf, tok):
     ids = tok(TEXTS[1])["input_ids"]
@@ -191,6 +228,46 @@ def test_modelfile_tokens_equal_registry_encode(llm_f32, tok):
         want = prompts.encode(family, TWO_TURNS, tok)
         want = want if want[:1] == [tok.bos_token_id] else [tok.bos_token_id] + want
         assert E.llama_cpp_tokenize(llm_f32, text, add_bos=True, special=True) == want, family
+
+
+# Prompts typed from Ollama's template semantics (docs/template.mdx; template/template.go: collate joins every system
+# message into .System with a blank line and merges consecutive same-role messages; server/routes.go puts the
+# Modelfile SYSTEM first unless the chat starts with a system message). Our TEMPLATE renders system messages in
+# .Messages as nothing: their text arrives through .System.
+OLLAMA_CASES = [
+    ("chinese-alpaca-2", [{"role": "system", "content": "A"}, {"role": "system", "content": "B"},
+                          {"role": "user", "content": "q1"}, {"role": "user", "content": "q2"}],
+     "[INST] <<SYS>>\nA\n\nB\n<</SYS>>\n\nq1\n\nq2 [/INST]"),
+    ("chinese-alpaca-2", [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                          {"role": "system", "content": "S"}, {"role": "user", "content": "q2"}],
+     "[INST] <<SYS>>\n" + prompts.ALPACA2_SYSTEM + "\n\nS\n<</SYS>>\n\nq1 [/INST]a1 </s><s>[INST] q2 [/INST]"),
+    ("chinese-alpaca-2", [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                          {"role": "assistant", "content": "a2"}, {"role": "user", "content": "q2"}],
+     "[INST] <<SYS>>\n" + prompts.ALPACA2_SYSTEM + "\n<</SYS>>\n\nq1 [/INST]a1\n\na2 </s><s>[INST] q2 [/INST]"),
+    ("llama-2-chat", [{"role": "user", "content": "q1"}, {"role": "user", "content": "q2"}],
+     "[INST] q1\n\nq2 [/INST]"),
+    ("alpaca", [{"role": "system", "content": "ignored: no system slot"}, {"role": "user", "content": "q"}],
+     prompts.ALPACA_TEMPLATE.format(instruction="q")),
+]
+
+
+@pytest.mark.parametrize("family,messages,want", OLLAMA_CASES, ids=["two-systems", "late-system",
+                         "two-assistants", "llama2-two-users", "alpaca-no-system-slot"])
+def test_ollama_prompt_collates_like_ollama(family, messages, want):
+    assert E.ollama_prompt(E.modelfile("./m.gguf", family), messages) == want
+
+
+def test_ollama_collate_cases_of_ollamas_own_test():
+    """template/template_test.go TestCollate: same-role messages merged, tool messages kept apart, systems joined."""
+    assert E.ollama_collate([{"role": "user", "content": "Hello"}, {"role": "user", "content": "How are you?"}]) == \
+        ("", [{"Role": "user", "Content": "Hello\n\nHow are you?"}])
+    tools = [{"role": "tool", "content": "sunny"}, {"role": "tool", "content": "72F"}]
+    assert E.ollama_collate(tools)[1] == [{"Role": "tool", "Content": "sunny"}, {"Role": "tool", "Content": "72F"}]
+    system, msgs = E.ollama_collate([{"role": "system", "content": "You are helpful"},
+                                     {"role": "user", "content": "Hello"}, *tools], default_system="unused")
+    assert system == "You are helpful" and [m["Role"] for m in msgs] == ["system", "user", "tool", "tool"]
+    assert E.ollama_collate([{"role": "user", "content": "q"}], default_system="D") == \
+        ("D", [{"Role": "system", "Content": "D"}, {"Role": "user", "Content": "q"}])
 
 
 def test_go_template_subset():
@@ -258,6 +335,46 @@ def test_fastllm_runs_float32_like_transformers(flms, hf, tok):
     for x, greedy, logits in zip(ids, r["greedy"], r["last_logits"]):
         assert greedy == E.hf_greedy(hf, x, 8, tok.eos_token_id)
         assert np.abs(np.array(logits) - E.hf_logits(hf, x)[-1]).max() < 1e-3
+
+
+def test_flm_dtype_ids_are_torch2flms():
+    """The data-type ids against ftllm's own torch2flm.py (read as text: importing ftllm loads its library)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("ftllm")
+    if spec is None:
+        pytest.skip("ftllm not installed")
+    src = (Path(spec.origin).parent / "torch2flm.py").read_text(encoding="utf-8")
+    node = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Assign)
+                and getattr(n.targets[0], "id", None) == "fastllm_data_type_dict")
+    theirs = ast.literal_eval(node.value)
+    assert {k: int(v) for k, v in E.FLM_DTYPES.items()} == {k: theirs[k] for k in E.FLM_DTYPES}
+
+
+def test_flm_carries_rope_scaling(rope_x4, tmp_path):
+    """torch2flm flattens rope_scaling into rope_scaling.<key>; fastllm (when installed) then equals transformers."""
+    from transformers import AutoModelForCausalLM
+
+    f = E.export_fastllm(rope_x4, tmp_path / "x4.flm", "float32", family=None, progress=False)
+    cfg = E.read_flm(f).config
+    assert (cfg["rope_scaling.type"], float(cfg["rope_scaling.factor"]), float(cfg["rope_theta"])) == ("linear", 4.0, 1e4)
+    if E.fastllm_path() is None and os.environ.get("CI") != "true":
+        return
+    ids = load_tokenizer(rope_x4)(TEXTS[2])["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(rope_x4, dtype=torch.float32).eval()
+    got = E.fastllm_run(f, ids=[ids], max_new_tokens=2)["last_logits"][0]
+    assert np.abs(np.array(got) - E.hf_logits(model, ids)[-1]).max() < 1e-3
+
+
+def test_python_m_helpers_export_exits_2_with_a_message(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "helpers.export", "fastllm", "--base_model", str(tmp_path),
+                           "--outfile", str(tmp_path / "x.flm")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"error: --base_model {tmp_path}: no config.json")
 
 
 @needs_fastllm

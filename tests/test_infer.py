@@ -127,23 +127,35 @@ def test_interactive_mode_through_stdin(tiny_model):
 
 
 def test_interactive_streams_pieces(loaded):
+    """Only the writes after ``Response: `` count (the banner alone makes many): the answer arrives in several
+    pieces, and together they are the greedy answer that batched ``generate`` gives for the same prompt."""
     import io
+
+    from helpers.prompts import get_family, stop_strings
 
     model, tok = loaded
 
     class Out(io.StringIO):
-        writes = 0
+        def __init__(self):
+            super().__init__()
+            self.chunks: list[str] = []
 
         def write(self, s):
-            Out.writes += 1
+            self.chunks.append(s)
             return super().write(s)
 
     out = Out()
     n = infer.interactive(model, tok, True, stdin=io.StringIO("你好\n"), stdout=out, temperature=0,
                           max_new_tokens=10)
     assert n == 1
-    before = out.getvalue().split("Response: ")[1]
-    assert before.strip() and Out.writes > 10  # the answer arrived in several pieces
+    chunks = [c for c in out.chunks if c]  # print(..., end="") also writes an empty end
+    start = chunks.index("Response: ") + 1
+    end = chunks.index("Input:", start)  # the next prompt
+    assert chunks[end - 2:end] == ["\n", "\n"]  # print("\n") after the answer
+    pieces = chunks[start:end - 2]
+    want = generate(model, tok, [infer.make_prompt("你好", True)], temperature=0, max_new_tokens=10,
+                    stop=stop_strings(get_family("alpaca")))[0]
+    assert len(pieces) >= 2 and "".join(pieces) == want and want.strip()
 
 
 def test_cli_errors_exit_2(tiny_model, tmp_path, capsys):
@@ -155,8 +167,14 @@ def test_cli_errors_exit_2(tiny_model, tmp_path, capsys):
     assert infer.main(["--base_model", str(tmp_path / "nope")]) == 2
     assert "--base_model" in capsys.readouterr().err
     assert infer.main(["--base_model", str(base), "--template", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: template/family 'nope' is unknown")
+    (tmp_path / "gbk.txt").write_bytes("介绍一下北京".encode("gbk"))
+    assert infer.main(["--base_model", str(base), "--data_file", str(tmp_path / "gbk.txt")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --data_file {tmp_path / 'gbk.txt'}: not UTF-8")
+    assert infer.main(["--base_model", str(base), "--batch_size", "0"]) == 2
+    assert capsys.readouterr().err == "error: --batch_size must be >= 1\n"
     assert infer.main(["--base_model", str(base), "--tokenizer_path", str(tmp_path)]) == 2  # no tokenizer files
-    assert str(tmp_path) in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path}: no tokenizer.model")
 
 
 def test_load_in_4bit_on_cpu_exits_2_naming_the_flag(tiny_model, monkeypatch, capsys):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from helpers import merge, tiny
+from helpers.core import CourseError
 from helpers.merge import MergeError
 
 
@@ -77,14 +78,15 @@ def test_two_loras_equal_peft_chain_and_shards(base, loras, merged2):
 
 
 def test_pth_output_is_meta_layout_of_hf_merge(base, loras, merged2, tmp_path):
-    from helpers.convert import hf_to_meta_state_dict, split_meta_shards
+    """The pth output == the HF merge (as transformers loads it) laid out by Meta's specification (meta_reference)."""
+    import meta_reference
 
-    hf_sd = _state_dict(merged2.output_dir)
+    hf_sd = _hf(merged2.output_dir).state_dict()
     for n in (None, 2):
         out = tmp_path / f"pth{n}"
         merge.merge_lora_into(base, [loras["llama"], loras["alpaca"]], out, output_type="pth", num_shards=n,
                               progress=False)
-        want = split_meta_shards(hf_to_meta_state_dict(hf_sd, 4, 4), n or 1)
+        want = meta_reference.shards(meta_reference.meta_state_dict(hf_sd, 4, 4, 2), n or 1)
         got = sorted(out.glob("consolidated.*.pth"))
         assert [p.name for p in got] == [f"consolidated.{i:02d}.pth" for i in range(n or 1)]
         for p, w in zip(got, want):
@@ -171,11 +173,23 @@ def test_cli_merge_existing_folder_and_verify(base, loras, tmp_path, capsys):
         merge.verify(out, ext)
 
 
+def _embed_rows(adapter) -> int:
+    """Rows of the embedding an adapter trains (modules_to_save), read with the safetensors library."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        key = next(k for k in f.keys() if "embed_tokens.modules_to_save" in k)
+        return f.get_slice(key).get_shape()[0]
+
+
 def test_wrong_order_explains(base, loras, tmp_path):
+    llama, alpaca = _embed_rows(loras["llama"]), _embed_rows(loras["alpaca"])
+    assert alpaca == llama + 1  # like Chinese-LLaMA 49953 -> Chinese-Alpaca 49954 ([PAD])
     with pytest.raises(MergeError) as e:
         merge.merge_lora_into(base, [loras["alpaca"], loras["llama"]], tmp_path / "x", progress=False)
     msg = str(e.value)
-    assert "shrink" in msg and "49953" in msg and "49954" in msg
+    assert f"chinese-llama-lora (vocabulary {llama}) comes after chinese-alpaca-lora (vocabulary {alpaca})" in msg
+    assert f"would shrink from {alpaca} to {llama}" in msg
     assert msg.rstrip().endswith(f"{loras['llama']},{loras['alpaca']}")  # the fix, spelled out
     assert not (tmp_path / "x").exists()
 
@@ -186,9 +200,14 @@ def test_tokenizer_adapter_vocab_mismatch(base, loras, tmp_path):
     for f in loras["llama"].iterdir():
         if f.name.startswith("tokenizer"):
             shutil.copyfile(f, bad / f.name)
+    from helpers.tokenizer import load_tokenizer
+
+    tokens, rows = len(load_tokenizer(loras["llama"])), _embed_rows(loras["alpaca"])
+    assert tokens != rows
     with pytest.raises(MergeError) as e:
         merge.merge_lora_into(base, [loras["llama"], bad], tmp_path / "x", progress=False)
-    assert "49953" in str(e.value) and "49954" in str(e.value) and "tokenizer it was trained with" in str(e.value)
+    assert f"its tokenizer has {tokens} tokens but its embed_tokens has {rows} rows" in str(e.value)
+    assert "tokenizer it was trained with" in str(e.value)
 
 
 def test_adapter_for_another_base_names_tensor_and_shapes(loras, tmp_path):
@@ -211,13 +230,13 @@ def test_truncated_files(base, loras, tmp_path):
     shutil.copytree(base, bad_base)
     w = bad_base / "model.safetensors"
     w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
-    with pytest.raises(MergeError, match="model.safetensors.*truncated or corrupt"):
+    with pytest.raises(CourseError, match="model.safetensors.*truncated or corrupt"):
         merge.merge_lora_into(bad_base, [loras["llama"]], tmp_path / "x", progress=False)
     bad_lora = tmp_path / "lora"
     shutil.copytree(loras["llama"], bad_lora)
     a = bad_lora / "adapter_model.safetensors"
     a.write_bytes(a.read_bytes()[:1000])
-    with pytest.raises(MergeError, match="adapter_model.safetensors.*truncated or corrupt"):
+    with pytest.raises(CourseError, match="adapter_model.safetensors.*truncated or corrupt"):
         merge.merge_lora_into(base, [bad_lora], tmp_path / "x", progress=False)
     assert merge.main(["--base_model", str(bad_base), "--lora_model", str(loras["llama"]),
                        "--output_dir", str(tmp_path / "x"), "--quiet"]) == 2

@@ -104,3 +104,29 @@ def test_colab_cell_on_colab_clones_installs_and_switches_to_real(monkeypatch, t
     assert os.getcwd() == str(content / "course" / "notebooks")
     exec(cell, {"PROFILE": "tiny"})  # run again in the same runtime: nothing cloned or installed twice
     assert len(calls) == 2
+
+
+def test_write_notebook_is_valid_nbformat_4_with_stable_ids(tmp_path):
+    """Read back with nbformat (the reader Jupyter uses): valid v4, tags and sources kept, ids c00.., and the
+    same bytes when written again; a malformed cell is refused with a CourseError."""
+    import nbformat
+
+    from helpers.core import CourseError
+    from helpers.notebook import code, colab, md, params, write_notebook
+
+    cells = [md("\n# 标题\n\n正文\n"), params('PROFILE = "tiny"'), colab(), code("x = 1\nprint(x)\n")]
+    path = write_notebook(tmp_path / "00_x.ipynb", cells)
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert [c.cell_type for c in nb.cells] == ["markdown", "code", "code", "code"]
+    assert [c.id for c in nb.cells] == ["c00", "c01", "c02", "c03"]
+    assert nb.cells[0].source == "# 标题\n\n正文" and nb.cells[3].source == "x = 1\nprint(x)"
+    assert nb.cells[1].metadata.tags == ["parameters"] and nb.cells[2].metadata.tags == ["colab"]
+    assert all(c.outputs == [] and c.execution_count is None for c in nb.cells[1:])
+    assert nb.metadata.kernelspec.name == "python3" and (nb.nbformat, nb.nbformat_minor) == (4, 5)
+    assert course.problems(path) == []
+    first = path.read_bytes()
+    assert write_notebook(path, cells).read_bytes() == first
+    with pytest.raises(CourseError, match="00_y.ipynb: not a valid nbformat 4 notebook"):
+        write_notebook(tmp_path / "00_y.ipynb", [{**code("x = 1"), "outputs": "not a list"}])
+    assert not (tmp_path / "00_y.ipynb").exists()

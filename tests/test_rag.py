@@ -80,10 +80,24 @@ def test_load_document_errors(tmp_path):
     assert len(doc) == 1 and "大熊猫" in doc[0].page_content
 
 
-def test_index_round_trip(tmp_path, chunks, embeddings, store):
+def test_index_round_trip(tmp_path, chunks, embeddings, store, monkeypatch):
+    import pickle
+
     folder = rag.save_index(store, tmp_path / "index")
-    assert {p.name for p in folder.iterdir()} >= {"index.faiss", "index.pkl", "index_info.json", "SHA256SUMS"}
+    assert {p.name for p in folder.iterdir()} == {"index.faiss", "docstore.json", "index_info.json", "SHA256SUMS"}
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("load_index must not unpickle anything")
+
+    monkeypatch.setattr(pickle, "load", refuse)
+    monkeypatch.setattr(pickle, "loads", refuse)
     loaded = rag.load_index(folder, embeddings)
+    monkeypatch.undo()
+    # the same chunks (text and metadata) at the same vector positions as the store that was saved
+    for i in range(len(chunks)):
+        a = loaded.docstore.search(loaded.index_to_docstore_id[i])
+        b = store.docstore.search(store.index_to_docstore_id[i])
+        assert (a.page_content, a.metadata) == (b.page_content, b.metadata)
     assert loaded.index.ntotal == len(chunks)
     q = "乌龙茶属于什么茶？"
     assert [d.page_content for d in loaded.similarity_search(q, k=3)] == \
@@ -94,8 +108,11 @@ def test_index_round_trip(tmp_path, chunks, embeddings, store):
 
     with pytest.raises(CourseError, match="same embedding model"):
         rag.load_index(folder, DeterministicFakeEmbedding(size=16))
-    (folder / "index.pkl").write_bytes((folder / "index.pkl").read_bytes() + b"\0")
+    (folder / "docstore.json").write_bytes((folder / "docstore.json").read_bytes() + b" ")
     with pytest.raises(CourseError, match="changed since saving"):
+        rag.load_index(folder, embeddings)
+    (folder / "docstore.json").unlink()  # e.g. an index.pkl folder of an older course version
+    with pytest.raises(CourseError, match="no docstore.json.*rebuild"):
         rag.load_index(folder, embeddings)
 
 
@@ -180,7 +197,8 @@ def api_server(model_tok):
     """The course API server (helpers.api.create_app) under a real uvicorn on 127.0.0.1; yields /v1 URL."""
     import uvicorn
 
-    from helpers.api import create_app, free_port
+    from helpers.api import create_app
+    from helpers.net import free_port
 
     model, tok = model_tok
     port = free_port()
@@ -225,6 +243,26 @@ def test_cli_answers_with_sources_and_saves_index(tmp_path, capsys, monkeypatch,
     assert "exactly one of --model_path" in capsys.readouterr().err
 
 
+def test_cli_empty_tokenizer_folder_is_a_message_not_a_traceback(tmp_path):
+    """The issue's example: ``python -m helpers.rag ... --tokenizer_path <empty folder>`` printed a traceback and
+    exited 1 (TokenizerError was no CourseError)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers import tiny
+    from helpers.core import REPO_ROOT
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "helpers.rag", "--file_path", str(DATA_DIR / "docs" / "tea.txt"),
+                           "--model_path", str(tiny.hf_model()), "--tokenizer_path", str(empty), "--gpus", "",
+                           "--question", "龙井茶产自哪里？"], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith(f"error: {empty}: no tokenizer.model") and "Traceback" not in proc.stderr
+
+
 def test_cli_flags_match_the_original_script():
     flags = {a.dest for a in rag.parser()._actions}
     assert {"file_path", "embedding_path", "model_path", "chain_type", "gpus"} <= flags
@@ -240,7 +278,8 @@ def test_langchain_signatures_did_not_drift():
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
     assert {"llm", "chain_type", "chain_type_kwargs"} <= set(inspect.signature(RetrievalQA.from_chain_type).parameters)
-    assert "allow_dangerous_deserialization" in inspect.signature(FAISS.load_local).parameters
+    assert list(inspect.signature(FAISS.__init__).parameters)[1:5] == ["embedding_function", "index", "docstore",
+                                                                         "index_to_docstore_id"]
     assert "preprocess_func" in inspect.signature(BM25Retriever.from_documents).parameters
     assert {"retrievers", "weights", "id_key"} <= set(EnsembleRetriever.model_fields)
     assert "keep_separator" in inspect.signature(RecursiveCharacterTextSplitter.__init__).parameters or \

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from helpers import rag, summarize as S
+from helpers import summarize as S
+from helpers.chains import PromptRecorder
 from helpers.core import DATA_DIR, CourseError
 from helpers.prompts import ALPACA_TEMPLATE
 
@@ -26,7 +27,7 @@ def test_split_text(docs):
 
 
 def test_stuff_one_call_with_every_chunk(llm, docs):
-    rec = rag.PromptRecorder()
+    rec = PromptRecorder()
     summary = S.summarize(S.build_summarize_chain(llm, "stuff"), docs, callbacks=[rec])
     assert isinstance(summary, str) and len(rec.prompts) == 1
     prompt = rec.prompts[0]
@@ -35,7 +36,7 @@ def test_stuff_one_call_with_every_chunk(llm, docs):
 
 
 def test_refine_one_call_per_chunk(llm, docs):
-    rec = rag.PromptRecorder()
+    rec = PromptRecorder()
     S.summarize(S.build_summarize_chain(llm, "refine"), docs, callbacks=[rec])
     assert len(rec.prompts) == len(docs)
     assert "请为以下文字写一段摘要" in rec.prompts[0] and docs[0].page_content in rec.prompts[0]
@@ -48,13 +49,13 @@ def test_map_reduce_counts_with_course_tokenizer_and_collapses(llm, docs, model_
     text = docs[0].page_content
     assert llm.get_num_tokens(text) == len(tok.encode(text, add_special_tokens=False)) > 0
     # generous budget: map every chunk, then one combine call
-    rec = rag.PromptRecorder()
+    rec = PromptRecorder()
     S.summarize(S.build_summarize_chain(llm, "map_reduce", token_max=4000), docs, callbacks=[rec])
     assert len(rec.prompts) == len(docs) + 1
     assert all(d.page_content in p for d, p in zip(docs, rec.prompts))
     # tight budget: the mapped summaries no longer fit -> extra collapse calls before the final combine
     final_prompt_tokens = llm.get_num_tokens(rec.prompts[-1])
-    rec = rag.PromptRecorder()
+    rec = PromptRecorder()
     chain = S.build_summarize_chain(llm, "map_reduce", token_max=final_prompt_tokens - 1, collapse_max_retries=5)
     S.summarize(chain, docs, callbacks=[rec])
     assert len(rec.prompts) > len(docs) + 1
@@ -105,3 +106,27 @@ def test_cli_each_chain_type(capsys, monkeypatch):
     assert "--file_path" in capsys.readouterr().err
     flags = {a.dest for a in S.parser()._actions}
     assert {"file_path", "model_path", "chain_type", "gpus"} <= flags and S.parser().get_default("chain_type") == "refine"
+
+
+def test_cli_empty_tokenizer_folder_exits_2_with_a_message(tmp_path, capsys, monkeypatch):
+    """``--tokenizer_path <empty folder>`` (the issue's example) is a message and exit 2, with a local model and
+    with an API server (where the tokenizer only counts tokens; nothing is contacted before it loads)."""
+    from helpers import tiny
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for source in (["--model_path", str(tiny.hf_model()), "--gpus", ""],
+                   ["--openai_api_base", "http://127.0.0.1:9/v1"]):
+        assert S.main(["--file_path", str(DOC), *source, "--tokenizer_path", str(empty)]) == 2
+        assert capsys.readouterr().err.startswith(f"error: {empty}: no tokenizer.model")
+
+
+def test_summarize_does_not_import_rag():
+    """Step 09 takes the shared LangChain pieces from helpers.chains, not from step 08."""
+    import ast
+
+    tree = ast.parse(__import__("inspect").getsource(S))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "chains" in imported and not {"rag", "helpers.rag"} & imported

@@ -6,6 +6,7 @@ import sys
 import pytest
 import torch
 
+import meta_reference
 from helpers import tiny
 from helpers.io import sha256_tree
 
@@ -28,23 +29,44 @@ def test_factory_is_byte_identical_across_runs(tiny_paths, tmp_path):
         assert a and a == b, name
 
 
-def test_meta_checkpoint_layout_and_safe_loading(tiny_paths):
-    root = tiny_paths["meta_tiny_tp2"]
+@pytest.mark.parametrize("key,size,n,gqa", [("meta_tiny", "tiny", 1, False), ("meta_tiny_tp2", "tiny-tp2", 2, False),
+                                           ("meta_tiny_gqa_tp2", "tiny-gqa-tp2", 2, True)])
+def test_meta_checkpoint_follows_metas_parallel_layout(tiny_paths, key, size, n, gqa):
+    """Every tensor of the tiny Meta shards equals the shards built in meta_reference from Meta's specification
+    (names, interleaved q/k rows, ColumnParallel/RowParallel/ParallelEmbedding splits) out of the HF weights."""
+    from safetensors.torch import load_file
+
+    root = tiny_paths[key]
     assert (root / "tokenizer.model").is_file()
-    size_dir = root / "tiny-tp2"
-    params = json.loads((size_dir / "params.json").read_text(encoding="utf-8"))
+    params = json.loads((root / size / "params.json").read_text(encoding="utf-8"))
     assert set(params) >= {"dim", "n_layers", "n_heads", "multiple_of", "norm_eps", "vocab_size"}
-    assert params["vocab_size"] == -1
-    shards = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted(size_dir.glob("consolidated.*.pth"))]
-    assert len(shards) == 2
-    dim = params["dim"]
-    # column-parallel weights split rows, row-parallel weights split columns, norms replicated
-    assert shards[0]["layers.0.attention.wq.weight"].shape == (dim // 2, dim)
-    assert shards[0]["layers.0.attention.wo.weight"].shape == (dim, dim // 2)
-    assert shards[0]["tok_embeddings.weight"].shape[1] == dim // 2
-    assert torch.equal(shards[0]["norm.weight"], shards[1]["norm.weight"])
-    gqa = json.loads((tiny_paths["meta_tiny_gqa_tp2"] / "tiny-gqa-tp2" / "params.json").read_text(encoding="utf-8"))
-    assert gqa["n_kv_heads"] == 2 and gqa["n_heads"] == 4
+    assert params["vocab_size"] == -1 and params.get("n_kv_heads", params["n_heads"]) == (2 if gqa else 4)
+    hf_dir = tiny_paths["hf_llama_gqa" if gqa else "hf_llama"]
+    hf = json.loads((hf_dir / "config.json").read_text(encoding="utf-8"))
+    ref = meta_reference.meta_state_dict(load_file(str(hf_dir / "model.safetensors")), hf["num_attention_heads"],
+                                         hf["num_key_value_heads"], hf["num_hidden_layers"])
+    want = meta_reference.shards(ref, n)
+    got = [torch.load(p, map_location="cpu", weights_only=True) for p in sorted((root / size).glob("consolidated.*.pth"))]
+    assert len(got) == n
+    names = {meta_reference.short_name(k) for k in ref}
+    assert names == set(meta_reference.META_PARALLEL) | set(meta_reference.REPLICATED)  # the nine + three norms
+    for rank, (g, w) in enumerate(zip(got, want)):
+        assert list(g) == list(w), rank
+        for k in w:
+            assert g[k].shape == w[k].shape and torch.equal(g[k], w[k]), (rank, k)
+    if n == 2:  # the nine split dimensions, spelled out: half of the split dimension, the other one whole
+        for k, full in ref.items():
+            name = meta_reference.short_name(k)
+            if name in meta_reference.META_PARALLEL:
+                dim = meta_reference.META_PARALLEL[name]
+                assert got[0][k].shape[dim] == full.shape[dim] // 2 and got[0][k].shape[1 - dim] == full.shape[1 - dim], k
+
+
+def test_merged_model_kinds():
+    from helpers.core import CourseError
+
+    with pytest.raises(CourseError, match="kind 'pth': choose llama or alpaca"):
+        tiny.merged_model("pth")
 
 
 def test_hf_models_load_and_generate(tiny_paths):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -54,6 +55,19 @@ def test_non_sentencepiece_input_gives_clear_error(tmp_path):
         load_tokenizer(bad)
     with pytest.raises(TokenizerError, match="not found"):
         load_tokenizer(tmp_path / "missing")
+
+
+def test_tokenizer_errors_are_course_errors_naming_the_folder(base_sp, tmp_path):
+    """Empty folder, broken tokenizer.json: a CourseError (CLIs print it and exit 2) that names the folder."""
+    from helpers.core import CourseError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CourseError, match=re.escape(f"{tmp_path / 'empty'}: no tokenizer.model")):
+        load_tokenizer(tmp_path / "empty")
+    save_hf_tokenizer(base_sp, tmp_path / "broken")
+    (tmp_path / "broken" / "tokenizer.json").write_text("{broken", encoding="utf-8")
+    with pytest.raises(CourseError, match=re.escape(f"{tmp_path / 'broken'}: tokenizer.json / tokenizer_config.json cannot")):
+        load_tokenizer(tmp_path / "broken")
 
 
 def test_special_token_text_is_literal_only_on_request(base_sp):

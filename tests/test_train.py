@@ -86,7 +86,7 @@ def test_library_signatures_have_the_arguments_we_pass():
     assert {"return_position_ids", "separator_id"} <= set(inspect.signature(DataCollatorWithFlattening).parameters)
 
 
-def test_vocab_checks_explain_the_pairing(tiny_set):
+def test_vocab_checks_explain_the_pairing(tiny_set, capsys):
     from helpers.tokenizer import load_tokenizer
 
     n_llama = len(load_tokenizer(tiny_set["llama_tok"]))
@@ -104,8 +104,13 @@ def test_vocab_checks_explain_the_pairing(tiny_set):
     argv = ["sft"] + train.flags(**_sft_flags(tiny_set, "/tmp/never", tokenizer_name_or_path=tiny_set["llama_tok"],
                                               peft_path=tiny_set["lora_alpaca"]))
     assert train.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and f"{n_alpaca}-token" in err and "Traceback" not in err
     assert train.main(["sft"] + train.flags(**_sft_flags(tiny_set, "/tmp/never", model_name_or_path="/no/such"))) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "/no/such" in err and "Traceback" not in err
     assert train.main(["train"]) == 2  # unknown stage: usage, exit 2
+    assert "usage: python -m helpers.train {pt,sft}" in capsys.readouterr().err
 
 
 def test_qlora_needs_cuda(tiny_set, tmp_path):

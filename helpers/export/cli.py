@@ -1,0 +1,62 @@
+"""``python -m helpers.export gguf|modelfile|fastllm ...``: the command line of step 11."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..core import cli_main
+from ..io import atomic_write_text
+from .fastllm import FLM_DTYPES, export_fastllm
+from .gguf import GGUF_OUTTYPES, export_gguf
+from .ollama import modelfile
+from .source import DEFAULT_FAMILY
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the parser: one sub-command per export (``gguf``, ``modelfile``, ``fastllm``)."""
+    p = argparse.ArgumentParser(prog="python -m helpers.export",
+                                description="Export a merged LLaMA: GGUF (llama.cpp / Ollama), Modelfile, fastllm .flm")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gguf", help="HF LLaMA folder -> GGUF (llama.cpp / Ollama)")
+    g.add_argument("--base_model", required=True)
+    g.add_argument("--outfile", required=True)
+    g.add_argument("--outtype", default="f16", choices=GGUF_OUTTYPES)
+    g.add_argument("--tokenizer_path", default=None)
+    g.add_argument("--template", default=DEFAULT_FAMILY, help="chat family stored as tokenizer.chat_template ('' = none)")
+    g.add_argument("--overwrite", action="store_true")
+    m = sub.add_parser("modelfile", help="Ollama Modelfile for a GGUF file")
+    m.add_argument("--gguf", required=True, help="GGUF path as FROM writes it (relative to the Modelfile or absolute)")
+    m.add_argument("--template", default=DEFAULT_FAMILY)
+    m.add_argument("--system", default=None)
+    m.add_argument("--num_ctx", type=int, default=None)
+    m.add_argument("--temperature", type=float, default=None)
+    m.add_argument("--outfile", default="Modelfile")
+    f = sub.add_parser("fastllm", help="HF LLaMA folder -> fastllm .flm")
+    f.add_argument("--base_model", required=True)
+    f.add_argument("--outfile", required=True)
+    f.add_argument("--dtype", default="float16", choices=tuple(FLM_DTYPES))
+    f.add_argument("--template", default=DEFAULT_FAMILY, help="chat family for pre_prompt/user_role/bot_role/history_sep")
+    f.add_argument("--system", default=None)
+    f.add_argument("--tokenizer_path", default=None)
+    f.add_argument("--overwrite", action="store_true")
+    return p
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Do the export ``args.cmd`` names and print what was written; returns 0."""
+    if args.cmd == "gguf":
+        out = export_gguf(args.base_model, args.outfile, args.outtype, args.tokenizer_path, args.template or None,
+                          overwrite=args.overwrite)
+    elif args.cmd == "modelfile":
+        out = atomic_write_text(args.outfile, modelfile(args.gguf, args.template, args.system, args.num_ctx,
+                                                        temperature=args.temperature))
+    else:
+        out = export_fastllm(args.base_model, args.outfile, args.dtype, args.template or None, args.system,
+                             args.tokenizer_path, overwrite=args.overwrite)
+    print(f"wrote {out} ({Path(out).stat().st_size / 2**20:.2f} MiB)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m helpers.export ...``; returns the exit code (2 with a message on bad input, no traceback)."""
+    return cli_main(_run, argv, build_parser())
