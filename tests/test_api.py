@@ -91,8 +91,8 @@ BAD_CHAT = [
     ("{not json", "invalid JSON", None),
     ("[]", "body", None),
     (json.dumps({}), "messages", "messages"),
-    (json.dumps({"messages": []}), "at least one", "messages"),
-    (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "unknown role", "messages.0.role"),
+    (json.dumps({"messages": []}), "at least 1", "messages"),
+    (json.dumps({"messages": [{"role": "robot", "content": "x"}]}), "should be 'system'", "messages.0.role"),
     (json.dumps({"messages": [{"role": "user"}]}), "content", "messages.0.content"),
     (json.dumps({"messages": [{"role": "user", "content": 5}]}), "messages", "messages.0.content"),
     (json.dumps({"messages": "hi"}), "messages", "messages"),
@@ -104,7 +104,7 @@ BAD_CHAT = [
     (json.dumps({"messages": _messages(), "temperature": -1}), "temperature", "temperature"),
     (json.dumps({"messages": _messages(), "top_p": 0}), "top_p", "top_p"),
     (json.dumps({"messages": _messages(), "n": 100}), "n", "n"),
-    (json.dumps({"messages": _messages(), "stop": ["a", "b", "c", "d", "e"]}), "stop", "stop"),
+    (json.dumps({"messages": _messages(), "stop": ["a", "b", "c", "d", "e"]}), "at most 4", "stop"),
     (json.dumps({"messages": _messages(), "stream": "yes"}), "stream", "stream"),
 ]
 
@@ -242,11 +242,15 @@ def test_16_concurrent_streaming_clients(server, oai):
     assert results == [(want, "length")] * 16
 
 
-def test_disconnect_stops_generation(server):
+def test_disconnect_stops_generation(server, tiny_base):
     import httpx
 
+    from helpers.tokenizer import load_tokenizer
+
     before = httpx.get(f"{server}/health").json()
-    body = {"messages": _messages(), "max_tokens": 900, "temperature": 0, "stream": True}
+    eos = load_tokenizer(tiny_base).eos_token_id
+    body = {"messages": _messages(), "max_tokens": 900, "temperature": 0, "stream": True,
+            "logit_bias": {str(eos): -100}}  # runs all 900 tokens unless stopped
     with httpx.stream("POST", f"{server}/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         lines = r.iter_lines()
@@ -293,8 +297,96 @@ def test_stream_several_prompts_and_n(client):
     assert texts == [c["text"] for c in plain]
 
 
-def test_cli_bad_model_path_exits_2(capsys):
+def test_cli_bad_input_exits_2_with_a_message(capsys, tmp_path, tiny_base):
+    import shutil
+
     from helpers.api import main
 
     assert main(["--base_model", "/nonexistent/model", "--only_cpu"]) == 2
     assert "--base_model" in capsys.readouterr().err
+    assert main(["--base_model", str(tiny_base), "--template", "nope", "--only_cpu"]) == 2
+    assert capsys.readouterr().err.startswith("error: template/family 'nope' is unknown")
+    for f in Path(tiny_base).glob("tokenizer*"):  # a tokenizer but no model: transformers' error, with the flag named
+        shutil.copy(f, tmp_path)
+    assert main(["--base_model", str(tmp_path), "--only_cpu"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --base_model {tmp_path}: cannot load the model")
+
+
+# --------------------------------------------------------------------------- OpenAI semantics, real server
+def _choices(oai, **kw) -> list[str]:
+    return [c.message.content for c in sorted(oai.chat.completions.create(**kw).choices, key=lambda c: c.index)]
+
+
+def _streamed_choices(oai, n: int, **kw) -> list[str]:
+    texts = [""] * n
+    for chunk in oai.chat.completions.create(stream=True, n=n, **kw):
+        for c in chunk.choices:
+            texts[c.index] += c.delta.content or ""
+    return texts
+
+
+def test_seed_with_n_gives_distinct_reproducible_choices(oai):
+    """OpenAI: ``n`` choices are separate samples, and the same ``seed`` with the same request returns the same
+    result; streamed or not, the text is the same."""
+    kw = dict(model="tiny-alpaca", messages=_messages(), max_tokens=12, temperature=1.0, top_p=1.0, seed=1234)
+    first = _choices(oai, n=3, **kw)
+    assert len(set(first)) == 3, first  # the old server re-seeded every choice alike: three identical texts
+    assert _choices(oai, n=3, **kw) == first
+    assert _streamed_choices(oai, 3, **kw) == first
+    assert _choices(oai, n=3, **{**kw, "seed": 4321}) != first
+
+
+def test_stop_string_completed_by_the_last_allowed_token_is_a_stop(oai):
+    """OpenAI's finish_reason is "stop" when a stop sequence ends the answer, even at the max_tokens-th token."""
+    kw = dict(model="tiny-alpaca", messages=_messages(), temperature=0)
+    texts = {k: oai.chat.completions.create(max_tokens=k, **kw).choices[0].message.content for k in range(6, 13)}
+    # a max_tokens whose last token adds text that did not occur before it: that text as the stop sequence
+    k, stop = next((k, texts[k][len(texts[k - 1]):].strip()[:2]) for k in range(7, 13)
+                   if texts[k].startswith(texts[k - 1]) and texts[k][len(texts[k - 1]):].strip()
+                   and texts[k][len(texts[k - 1]):].strip()[:2] not in texts[k - 1])
+    at_limit = oai.chat.completions.create(max_tokens=k, stop=[stop], **kw).choices[0]
+    assert at_limit.finish_reason == "stop" and at_limit.message.content == texts[k][:texts[k].find(stop)]
+    before = oai.chat.completions.create(max_tokens=k - 1, stop=[stop], **kw).choices[0]
+    assert before.finish_reason == "length" and before.message.content == texts[k - 1]
+
+
+def test_logit_bias_bans_and_forces_tokens(oai, tiny_base):
+    """OpenAI: logit_bias 100 makes a token the exclusive choice, -100 bans it."""
+    from helpers.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_base)
+    kw = dict(model="tiny-alpaca", messages=_messages(), temperature=0)
+    forced = oai.chat.completions.create(logit_bias={"300": 100}, max_tokens=6, **kw).choices[0].message.content
+    assert forced == tok.decode([300] * 6)
+    first = oai.chat.completions.create(max_tokens=1, **kw).choices[0].message.content
+    same_text = {str(i): -100 for i in range(len(tok)) if tok.decode([i]) == first}  # the greedy first token
+    assert same_text and len(same_text) < len(tok) // 2
+    banned = oai.chat.completions.create(logit_bias=same_text, max_tokens=1, **kw).choices[0].message.content
+    assert banned != first
+
+
+def test_disconnect_cancels_a_non_streaming_request(server, tiny_base):
+    """A client that gives up on a long non-streaming answer stops its generation at once: the server counts it
+    as cancelled, with a fraction of its max_tokens generated, and answers the next client promptly."""
+    import httpx
+
+    from helpers.tokenizer import load_tokenizer
+
+    eos = load_tokenizer(tiny_base).eos_token_id
+    body = {"messages": _messages(), "max_tokens": 900, "logit_bias": {str(eos): -100}}  # never ends early
+    t0 = time.time()
+    assert httpx.post(f"{server}/v1/chat/completions", json=body, timeout=60).json()["usage"]["completion_tokens"] == 900
+    whole = time.time() - t0  # how long this machine takes for all 900 tokens
+    before = httpx.get(f"{server}/health").json()
+    with pytest.raises(httpx.ReadTimeout):  # then the client closes the connection
+        httpx.post(f"{server}/v1/chat/completions", json=body, timeout=whole / 3)
+    while time.time() - t0 < whole + 10:
+        after = httpx.get(f"{server}/health").json()
+        if after["completed"] + after["cancelled"] > before["completed"] + before["cancelled"]:
+            break
+        time.sleep(0.02)
+    assert after["cancelled"] == before["cancelled"] + 1 and after["completed"] == before["completed"], after
+    assert after["last_tokens"] < 900  # stopped mid-way (the old server finished all 900)
+    t0 = time.time()
+    r = httpx.post(f"{server}/v1/chat/completions", json={**body, "max_tokens": 4}, timeout=30)
+    assert r.status_code == 200 and time.time() - t0 < 5
