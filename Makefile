@@ -47,7 +47,7 @@ test-notebooks: venv
 rehearse: standin
 	$(PY) -m helpers.course rehearse $(REHEARSE_FLAGS)
 
-## Build (or check) the stand-in hub in <workspace>/standin-hub (~10 GB; reused while up to date).
+## Build (or check) the stand-in hub in <workspace>/standin-hub (8.3 GB; reused while up to date).
 standin: venv
 	$(PY) -m helpers.standin build
 

@@ -349,14 +349,26 @@ class Course:
 
     def model_name(self, key: str) -> str:
         """The repo id for a role of the real sections (``alpaca``, ``llama_base``, ...; :data:`helpers.catalog.ROLES`)."""
-        from .catalog import ROLES
+        from .catalog import get
 
-        return ROLES[key]
+        return get(key).repo_id  # CourseError naming the roles for a typo
 
     def budget(self, real, rehearsal, what: str):
         """``real`` on a real GPU, ``rehearsal`` in the CPU rehearsal (said in the output, so nobody mistakes a
         two-step rehearsal for a training run)."""
         return rehearsal_budget(real, rehearsal, what)
+
+
+AUTODL_DATA = Path("/root/autodl-tmp")  # AutoDL's data disk; the system disk (~30 GB) cannot hold a 7B download
+
+
+def use_data_disk(where: str) -> str | None:
+    """On AutoDL, point the Hugging Face cache at the data disk (``HF_HOME=/root/autodl-tmp/hf``) unless
+    ``HF_HOME`` or ``HF_HUB_CACHE`` is already set; returns the folder it chose, else None."""
+    if where != "autodl" or os.environ.get("HF_HOME") or os.environ.get("HF_HUB_CACHE") or not AUTODL_DATA.is_dir():
+        return None
+    os.environ["HF_HOME"] = str(AUTODL_DATA / "hf")
+    return os.environ["HF_HOME"]
 
 
 def setup(profile: str | None = None, seed: int = 42, quiet: bool = False, install_on_colab: bool = True) -> Course:
@@ -371,6 +383,7 @@ def setup(profile: str | None = None, seed: int = 42, quiet: bool = False, insta
     set_offline(prof == "tiny" or os.environ.get("CI") == "true")
     if where == "colab" and install_on_colab:
         colab_install()
+    hf_home = use_data_disk(where)
     set_seed(seed)
     if prof == "tiny":
         quiet_libraries()
@@ -379,5 +392,7 @@ def setup(profile: str | None = None, seed: int = 42, quiet: bool = False, insta
     if not quiet:
         vs = ", ".join(f"{k} {v}" for k, v in course.versions.items() if v != "-")
         print(f"profile={prof} device={course.device} platform={where} workspace={course.workspace}")
+        if hf_home:
+            print(f"AutoDL: models are cached on the data disk, HF_HOME={hf_home}")
         print(vs)
     return course

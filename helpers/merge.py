@@ -141,7 +141,8 @@ def load_adapter(path: str | Path) -> Adapter:
                 ad.original[k.replace(".original_module.", ".")] = handle
             elif ".modules_to_save." in k:
                 ad.replace[re.sub(r"\.modules_to_save(\.[^.]+)?\.", ".", k)] = handle
-            elif k.rsplit(".", 2)[-2] in saved:  # older PEFT saved modules_to_save without the infix
+            elif any(k.rsplit(".", 1)[0].endswith(m) for m in saved):  # saved without the infix; PEFT matches
+                # modules_to_save names by suffix ("norm" also takes every input_layernorm)
                 ad.replace.setdefault(k, handle)
             else:
                 raise MergeError(f"{weights}: tensor {key} is neither a LoRA A/B matrix nor a modules_to_save weight; "
@@ -249,14 +250,13 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
 
 def _check_shapes(ad: Adapter, shapes: dict, base: Path, new_vocab: int) -> None:
     """Every tensor ``ad`` replaces or adapts exists in the base with a matching shape; raises MergeError."""
-    for key in (EMBED, LM_HEAD):
-        if key in ad.replace:
-            if key not in shapes:
-                raise MergeError(f"{ad.path}: replaces {key} but the base has no such tensor (tied embeddings?)")
-            want = (new_vocab, shapes[key][1])
-            if tuple(ad.replace[key].shape) != want:
-                raise MergeError(f"{ad.path}: modules_to_save tensor {key} has shape {tuple(ad.replace[key].shape)} "
-                                 f"but the base needs {want} at this step: the adapter was made for another base model")
+    for key in ad.replace:  # modules_to_save: embed_tokens/lm_head (with the step's vocabulary), or any other
+        if key not in shapes:
+            raise MergeError(f"{ad.path}: replaces {key} but the base has no such tensor (tied embeddings?)")
+        want = (new_vocab, shapes[key][1]) if key in (EMBED, LM_HEAD) else tuple(shapes[key])
+        if tuple(ad.replace[key].shape) != want:
+            raise MergeError(f"{ad.path}: modules_to_save tensor {key} has shape {tuple(ad.replace[key].shape)} "
+                             f"but the base needs {want} at this step: the adapter was made for another base model")
     for key, (a, b) in ad.lora.items():
         if key not in shapes:
             raise MergeError(f"{ad.path}: LoRA targets {key} but the base {base} has no such tensor: "
@@ -354,8 +354,10 @@ def merged_tensor(plan: Plan, key: str, w=None):
     dtype = plan.dtypes[key]  # the base's dtype, also when the base tensor is not read
     first = max(last_replacing(plan, key), 0)
     for ad, vocab in list(zip(plan.adapters, plan.vocab_steps[1:]))[first:]:
-        if key in (EMBED, LM_HEAD):
-            w = ad.replace[key].load() if key in ad.replace else _resize_rows(w, vocab)
+        if key in ad.replace:  # modules_to_save: the adapter's full tensor
+            w = ad.replace[key].load()
+        elif key in (EMBED, LM_HEAD):
+            w = _resize_rows(w, vocab)
         if key in ad.lora:
             # round to the base dtype after each LoRA, as saving the intermediate merged model would
             acc = w.to(torch.float32, copy=True)  # never modify the tensor read from a file in place

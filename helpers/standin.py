@@ -959,7 +959,7 @@ def require(cache_dir: str | Path | None = None, repos=DEFAULT_REPOS) -> Path:
     if bad:
         flag = f" --cache_dir {cache}" if cache_dir else ""
         what = ", ".join(f"{r} ({s})" for r, s in bad.items())
-        raise StandinError(f"the stand-in hub in {cache} is not ready: {what}. Build it (about 8.5 GB of disk, "
+        raise StandinError(f"the stand-in hub in {cache} is not ready: {what}. Build it (about 8.3 GB of disk, "
                            f"about a minute): {BUILD_COMMAND}{flag}")
     return cache
 

@@ -1,11 +1,12 @@
 """The notebook harness: peak memory of what a notebook starts, the rehearsal's switches and its refusal."""
+import os
 import subprocess
 import sys
 
 import pytest
 
 from helpers import course
-from helpers.core import Course, is_rehearsal, rehearsal_budget
+from helpers.core import Course, CourseError, is_rehearsal, rehearsal_budget
 
 
 def test_peak_memory_sees_a_child_process_allocation():
@@ -38,5 +39,17 @@ def test_model_names_come_from_the_catalog():
 
     c = Course(profile="real", workspace=None, device="cpu", platform="local", seed=0)
     assert c.model_name("alpaca") == "hfl/chinese-alpaca-2-1.3b" == catalog.ROLES["alpaca"]
-    with pytest.raises(KeyError):
-        c.model_name("no-such-role")
+    with pytest.raises(CourseError, match="llama_base"):  # a typo names the roles, no bare KeyError
+        c.model_name("alpaca2")
+
+
+def test_autodl_caches_models_on_the_data_disk(monkeypatch, tmp_path):
+    from helpers import core
+
+    monkeypatch.setattr(core, "AUTODL_DATA", tmp_path)
+    monkeypatch.delenv("HF_HOME", raising=False)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    assert core.use_data_disk("local") is None and "HF_HOME" not in os.environ
+    assert core.use_data_disk("autodl") == str(tmp_path / "hf") == os.environ["HF_HOME"]
+    monkeypatch.setenv("HF_HOME", "/elsewhere")  # the learner's own choice wins
+    assert core.use_data_disk("autodl") is None and os.environ["HF_HOME"] == "/elsewhere"

@@ -402,3 +402,23 @@ def test_pth_params_for_70b_style_config():
     assert (params["multiple_of"], params["ffn_dim_multiplier"], params["n_kv_heads"]) == (4096, 1.3, 8)
     with pytest.raises(MergeError, match="--output_type huggingface"):
         merge.meta_params(dict(cfg, intermediate_size=12345))
+
+
+def test_any_modules_to_save_tensor_replaces_the_base(base, tmp_path):
+    """modules_to_save beyond embed_tokens/lm_head (here every *norm, as PEFT matches by suffix): the merged model
+    equals PEFT's own model (the streaming merge used to crash on them, and before that kept the base norm)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(3)
+    model = get_peft_model(_hf(base), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                                 modules_to_save=["norm"]))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.1)
+    model.save_pretrained(tmp_path / "norm-lora")
+    res = merge.merge_lora_into(base, tmp_path / "norm-lora", tmp_path / "merged", progress=False)
+    assert "model.norm.weight" in res.plan.adapters[0].replace
+    ref = merge.peft_reference(base, [tmp_path / "norm-lora"])
+    torch.testing.assert_close(merge.logits_of(_hf(res.output_dir), _ids(1000)), merge.logits_of(ref, _ids(1000)),
+                               atol=1e-4, rtol=1e-4)

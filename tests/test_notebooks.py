@@ -130,3 +130,16 @@ def test_write_notebook_is_valid_nbformat_4_with_stable_ids(tmp_path):
     with pytest.raises(CourseError, match="00_y.ipynb: not a valid nbformat 4 notebook"):
         write_notebook(tmp_path / "00_y.ipynb", [{**code("x = 1"), "outputs": "not a list"}])
     assert not (tmp_path / "00_y.ipynb").exists()
+
+
+@pytest.mark.parametrize("path", course.notebooks(), ids=lambda p: p.name)
+def test_setup_runs_before_the_imports_it_installs(path):
+    """On Colab helpers.setup() installs the pinned libraries: the setup cell calls it before importing anything
+    but helpers itself (step modules import fastapi, sse-starlette, langchain... at module level)."""
+    import json
+
+    cell = next("".join(c["source"]) for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                if c["cell_type"] == "code" and "helpers.setup(" in "".join(c["source"]))
+    lines = [l for l in cell.splitlines() if l.strip()]
+    first = next(i for i, l in enumerate(lines) if "helpers.setup(" in l)
+    assert [l for l in lines[:first] if l.startswith(("import ", "from ")) and l != "import helpers"] == []
