@@ -350,6 +350,18 @@ def test_stop_string_completed_by_the_last_allowed_token_is_a_stop(oai):
     assert before.finish_reason == "length" and before.message.content == texts[k - 1]
 
 
+def test_generation_ends_at_the_token_that_completes_a_stop_string(oai):
+    """OpenAI counts the tokens generated: a stop sequence ends generation, so usage.completion_tokens is the
+    position of the token that completed it, not max_tokens (the server must not generate on and cut later)."""
+    kw = dict(model="tiny-alpaca", messages=_messages(), temperature=0)
+    texts = {k: oai.chat.completions.create(max_tokens=k, **kw).choices[0].message.content for k in range(6, 13)}
+    k, stop = next((k, texts[k][len(texts[k - 1]):].strip()[:2]) for k in range(7, 13)
+                   if texts[k].startswith(texts[k - 1]) and texts[k][len(texts[k - 1]):].strip()
+                   and texts[k][len(texts[k - 1]):].strip()[:2] not in texts[k - 1])
+    out = oai.chat.completions.create(max_tokens=40, stop=[stop], **kw)
+    assert out.choices[0].finish_reason == "stop" and out.usage.completion_tokens == k
+
+
 def test_logit_bias_bans_and_forces_tokens(oai, tiny_base):
     """OpenAI: logit_bias 100 makes a token the exclusive choice, -100 bans it."""
     from helpers.tokenizer import load_tokenizer

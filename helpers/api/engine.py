@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from ..core import CourseError
-from ..generation import stream
+from ..generation import cut_at_stop, generation_kwargs, stream
 
 
 # waking the server's event loop for every token costs more than a step of a small model: a streaming client
@@ -179,6 +179,9 @@ class Engine:
             import torch
 
             torch.manual_seed(job.seed)  # the one worker thread samples: the global generator is ours
+        if on_text is None:  # nobody watches the text grow: plain generate, no streamer thread per token
+            text = self._generate_plain(job, Cancel(cancel), [*processors, steps])
+            return self._finished(Result(text, steps.tokens, self._reason(job, steps), cancelled=cancel.is_set()))
         pieces, sent, flushed = [], 0, 0.0
         for piece in stream(self.model, self.tokenizer, job.prompt, list(job.stop), Cancel(cancel),
                             add_special_tokens=job.bos, max_new_tokens=job.max_tokens + 1,
@@ -189,11 +192,41 @@ class Engine:
                 sent, flushed = len(pieces), time.perf_counter()
         if on_text is not None and sent < len(pieces):
             on_text("".join(pieces[sent:]))
-        reason = "stop"  # ended before max_tokens: EOS or a stop string
-        if steps.calls > job.max_tokens:
-            text = self.tokenizer.decode(steps.new_ids, skip_special_tokens=True)
-            reason = "stop" if any(s in text for s in job.stop) else "length"
-        return self._finished(Result("".join(pieces), steps.tokens, reason, cancelled=cancel.is_set()))
+        return self._finished(Result("".join(pieces), steps.tokens, self._reason(job, steps),
+                                     cancelled=cancel.is_set()))
+
+    def _reason(self, job: Job, steps: StepCounter) -> str:
+        """Returns ``finish_reason``: ``stop`` when generation ended before ``max_tokens`` (EOS or a stop string) or
+        the last allowed token completed a stop string, else ``length``."""
+        if steps.calls <= job.max_tokens:
+            return "stop"
+        text = self.tokenizer.decode(steps.new_ids, skip_special_tokens=True)
+        return "stop" if any(s in text for s in job.stop) else "length"
+
+    def _generate_plain(self, job: Job, cancel: Cancel, processors: list) -> str:
+        """The same generation as :func:`helpers.generation.stream` (same kwargs, processors, stop strings and
+        cancellation, same random draws) in one ``model.generate`` call; returns the answer cut at a stop string."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+        # a stop string completed by the newest token lies in the last 4 tokens per character (UTF-8 bytes)
+        window = 4 * max(map(len, job.stop)) + 2 if job.stop else 0
+
+        class _Stop(StoppingCriteria):  # a stop string in the newest tokens, or the request's cancel
+            def __call__(self, input_ids, scores, **kwargs):
+                if cancel.is_set():
+                    return True
+                tail = input_ids[0, max(n, input_ids.shape[1] - window):] if window else None
+                return bool(window) and any(s in tok.decode(tail, skip_special_tokens=True) for s in job.stop)
+
+        tok = self.tokenizer
+        enc = tok(job.prompt, return_tensors="pt", add_special_tokens=job.bos).to(self.device)
+        n = enc["input_ids"].shape[1]
+        kw = generation_kwargs(tok, max_new_tokens=job.max_tokens + 1, **job.sampling)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **kw, logits_processor=LogitsProcessorList(processors),
+                                      stopping_criteria=StoppingCriteriaList([_Stop()]))
+        return cut_at_stop(tok.decode(out[0, n:], skip_special_tokens=True), list(job.stop))
 
     def _finished(self, result: Result) -> Result:
         """Counts ``result`` in the stats; returns it."""
