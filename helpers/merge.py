@@ -89,12 +89,6 @@ class Adapter:
         alpha = _pattern_value(self.config.get("alpha_pattern") or {}, module, self.config["lora_alpha"])
         return alpha / math.sqrt(r) if self.config.get("use_rslora") else alpha / r
 
-    def delta(self, key: str):
-        """``B @ A * scaling`` in float32 for base weight ``key`` (transposed when ``fan_in_fan_out``)."""
-        a, b = self.lora[key]
-        d = (b.float() @ a.float()) * self.scaling(key)
-        return d.T if self.config.get("fan_in_fan_out") else d
-
     def add_delta_(self, acc, key: str) -> None:
         """``acc += B @ A * scaling`` in place (float32 ``acc``): one fused matrix product, no temporaries."""
         a, b = self.lora[key]

@@ -280,7 +280,9 @@ def test_scaling_rslora_patterns_equal_peft(base, tmp_path):
     ad.config["fan_in_fan_out"] = True  # GPT-2 Conv1D layout: the delta is transposed
     key = "model.layers.0.mlp.down_proj.weight"
     a, b = ad.lora[key]
-    torch.testing.assert_close(ad.delta(key), (b @ a).T * ad.scaling(key))
+    acc = torch.zeros(a.shape[1], b.shape[0])  # the transposed layout's shape
+    ad.add_delta_(acc, key)                    # what merged_tensor does
+    torch.testing.assert_close(acc, (b.float() @ a.float()).T * ad.scaling(key))
 
 
 def test_adapter_package_vs_merged(base, loras, merged2, tmp_path):
