@@ -5,7 +5,8 @@ works like the original ``merge_llama_with_chinese_lora.py``: the LoRAs are appl
 (Chinese-LLaMA-LoRA first, then Chinese-Alpaca-LoRA); for each one the vocabulary is resized to its
 tokenizer, ``modules_to_save`` (embed_tokens / lm_head) replace the base tensors and every targeted
 weight gets ``W += B @ A * scaling``. ``python -m helpers.merge verify DIR`` checks a folder against
-its ``SHA256SUMS``.
+its ``SHA256SUMS``; ``verify --manifest FILE [--model ID] DIR`` against a sha256sum file or a published table
+(``data/published_sha256/``: the SHA256.md values of Chinese-LLaMA-Alpaca).
 
 Streaming: the whole merge plan (every output tensor's name, shape and dtype) is known from the
 shard headers and the adapters before any weight is read, so output safetensors files are written
@@ -26,8 +27,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .core import CourseError, cli_main
-from .io import MANIFEST, atomic_dir, read_json, verify_manifest, write_json, write_manifest
+from .core import DATA_DIR, CourseError, cli_main
+from .io import MANIFEST, atomic_dir, read_json, write_json, write_manifest
 from .weights import (  # noqa: F401  (StreamingSafetensorsWriter: benchmarks time merge's writes)
     StreamingSafetensorsWriter, WeightReader, hf_to_meta_tensor, kv_heads, mapped_tensors, meta_key, nbytes)
 
@@ -528,19 +529,88 @@ def _copy_tokenizer(plan: Plan, tmp: Path, output_type: str) -> None:
 
 
 # --------------------------------------------------------------------------- verification
-def verify(folder: str | Path, manifest: str | Path | None = None) -> dict:
-    """Check ``folder`` against its ``SHA256SUMS`` (or ``manifest``); raises MergeError naming bad files."""
+PUBLISHED_DIR = DATA_DIR / "published_sha256"
+PUBLISHED_V1 = PUBLISHED_DIR / "chinese_llama_alpaca_v1.json"   # SHA256.md of Chinese-LLaMA-Alpaca (v1)
+_HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+def published_entries(path: str | Path = PUBLISHED_V1) -> list[dict]:
+    """The entries of a published-hash table (JSON: ``{"source", "entries": [{"id", "model", "kind", "format",
+    "recipe", "files": {name: sha256}}]}``), each checked; returns the list. Raises MergeError naming the field."""
+    path = Path(path)
+    doc = read_json(path)
+    entries = doc.get("entries") if isinstance(doc, dict) else None
+    if not isinstance(entries, list) or not doc.get("source"):
+        raise MergeError(f"{path}: a published-hash table needs a 'source' and an 'entries' list")
+    for n, e in enumerate(entries):
+        files = e.get("files") if isinstance(e, dict) else None
+        if not isinstance(files, dict) or not files or not e.get("id"):
+            raise MergeError(f"{path}: entries[{n}] needs an 'id' and a non-empty 'files' mapping")
+        for name, digest in files.items():
+            if not isinstance(digest, str) or not _HEX64.match(digest):
+                raise MergeError(f"{path}: entries[{n}] ({e['id']}) file {name}: {digest!r} is not a 64-digit SHA256")
+    return entries
+
+
+def read_manifest_file(path: str | Path, model: str | None = None) -> dict[str, str]:
+    """``{relative file: lowercase sha256}`` from ``path``: a ``sha256sum`` file (``<hash>  <file>``, ``*`` binary
+    marker, ``#`` comment lines ignored as GNU sha256sum does) or a published JSON table (``model`` = an entry id
+    or model name; may be left out when the table holds one entry). Raises MergeError naming the line or flag."""
+    path = Path(path)
+    if not path.is_file():
+        raise MergeError(f"--manifest {path}: file not found; pass a sha256sum file or a table from {PUBLISHED_DIR}")
+    if path.suffix == ".json":
+        entries = published_entries(path)
+        hits = [e for e in entries if model in (e["id"], e.get("model"))] if model else entries
+        if len(hits) != 1:
+            ids = ", ".join(e["id"] for e in entries)
+            what = f"--model {model!r} matches {len(hits)} entries" if model else "the table holds several models"
+            raise MergeError(f"{path}: {what}; pass --model with one of: {ids}")
+        return {name: digest.lower() for name, digest in hits[0]["files"].items()}
+    if model:
+        raise MergeError(f"--model {model}: only a JSON table ({PUBLISHED_DIR}) holds several models; "
+                         f"{path} is a sha256sum file")
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) != 2 or not _HEX64.match(parts[0]):
+            raise MergeError(f"{path}: line {n} is not '<sha256>  <file>' (64 hex digits, spaces, a file name): {line!r}")
+        out[parts[1].lstrip("*").strip()] = parts[0].lower()
+    if not out:
+        raise MergeError(f"{path}: no '<sha256>  <file>' lines; is this a SHA256 manifest?")
+    return out
+
+
+def verify(folder: str | Path, manifest: str | Path | None = None, model: str | None = None) -> dict:
+    """Check the files of ``folder`` named by its ``SHA256SUMS`` (or by ``manifest``, entry ``model`` of a published
+    JSON table); only those files are hashed. Returns ``{"mismatch": [], "missing": [], "extra": [files not listed]}``;
+    raises MergeError naming every bad file."""
+    from .io import sha256_file, tree_files
+
     folder = Path(folder)
+    if not folder.is_dir():
+        raise MergeError(f"{folder}: folder not found; pass the folder that holds the files to check")
     man = Path(manifest) if manifest else folder / MANIFEST
     if not man.is_file():
-        raise MergeError(f"{man}: manifest not found; pass --manifest FILE (sha256sum format)")
-    res = verify_manifest(folder, man)
+        raise MergeError(f"{man}: manifest not found; pass --manifest FILE (sha256sum format or a published table)")
+    want = read_manifest_file(man, model)
+    have = {p.relative_to(folder).as_posix() for p in tree_files(folder)}
+    res = {"mismatch": sorted(f for f in want if f in have and sha256_file(folder / f) != want[f]),
+           "missing": sorted(f for f in want if f not in have),
+           "extra": sorted(have - set(want) - {man.name if man.parent == folder else MANIFEST})}
     bad = []
     for kind, what in (("mismatch", "differs from the manifest (corrupt or changed)"), ("missing", "is missing")):
         bad += [f"  {f}: {what}" for f in res[kind]]
     if bad:
-        raise MergeError(f"{folder}: {len(bad)} file(s) fail the SHA256 check against {man}:\n" + "\n".join(bad)
-                         + "\nCopy or download these files again; do not use the folder until verify passes.")
+        own = man.parent.resolve() == folder.resolve()
+        hint = ("Copy or download these files again; do not use the folder until verify passes." if own else
+                "Download or copy these files again. A published hash only holds for the same bytes: files made by "
+                "another script, output format, sharding or PyTorch version differ even when the weights are right "
+                "(the course's merge writes safetensors: check it with its own SHA256SUMS).")
+        raise MergeError(f"{folder}: {len(bad)} file(s) fail the SHA256 check against {man}"
+                         f"{f' ({model})' if model else ''}:\n" + "\n".join(bad) + "\n" + hint)
     return res
 
 
@@ -659,7 +729,7 @@ def make_task_adapters(base_model: str | Path, out_dir: str | Path, names=("poem
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m helpers.merge", description=(
         "Merge LoRA(s) into a Hugging Face LLaMA base, shard by shard. "
-        "Verify a folder: python -m helpers.merge verify DIR [--manifest FILE]"))
+        "Verify a folder: python -m helpers.merge verify DIR [--manifest FILE [--model ID]]"))
     p.add_argument("--base_model", required=True, help="HF-format base model folder")
     p.add_argument("--lora_model", required=True, help="LoRA folder(s), comma-separated, in training order")
     p.add_argument("--output_type", default="huggingface", choices=["huggingface", "pth"])
@@ -676,11 +746,13 @@ def _run(argv: list[str]) -> int:
     """The CLI: ``verify DIR [--manifest FILE]``, or a merge with the flags of :func:`build_parser`."""
     if argv[:1] == ["verify"]:
         vp = argparse.ArgumentParser(prog="python -m helpers.merge verify",
-                                     description="Check a folder against its SHA256SUMS manifest")
+                                     description="Check a folder against its SHA256SUMS, a sha256sum file or a "
+                                                 f"published table ({PUBLISHED_DIR.name}/*.json with --model)")
         vp.add_argument("folder")
-        vp.add_argument("--manifest", default=None)
+        vp.add_argument("--manifest", default=None, help="sha256sum file or published JSON table (default DIR/SHA256SUMS)")
+        vp.add_argument("--model", default=None, help="entry of a JSON table, e.g. merged/Chinese-LLaMA-Plus-7B")
         a = vp.parse_args(argv[1:])
-        res = verify(a.folder, a.manifest)
+        res = verify(a.folder, a.manifest, a.model)
         extra = f" ({len(res['extra'])} extra file(s) not in the manifest: {res['extra']})" if res["extra"] else ""
         print(f"OK: every file in the manifest matches{extra}")
         return 0

@@ -1,6 +1,7 @@
 """Course step 04: streaming LoRA merge, checks that teach, SHA256 verify, adapter distribution."""
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -424,3 +425,83 @@ def test_any_modules_to_save_tensor_replaces_the_base(base, tmp_path):
     ref = merge.peft_reference(base, [tmp_path / "norm-lora"])
     torch.testing.assert_close(merge.logits_of(_hf(res.output_dir), _ids(1000)), merge.logits_of(ref, _ids(1000)),
                                atol=1e-4, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- published SHA256 manifests
+SEEDS = Path("/work/shared/seeds")
+HASH_A, HASH_B = "a" * 64, "0123456789abcdef" * 4
+
+
+def test_manifest_parser_on_hand_written_files(tmp_path):
+    text = (f"# Chinese-LLaMA-Plus-7B, merged pth (comment lines are skipped, as GNU sha256sum does)\n\n"
+            f"{HASH_A.upper()}  consolidated.00.pth\n{HASH_B} *sub dir/params.json\n")
+    (tmp_path / "sums").write_text(text, encoding="utf-8")
+    assert merge.read_manifest_file(tmp_path / "sums") == {"consolidated.00.pth": HASH_A, "sub dir/params.json": HASH_B}
+    (tmp_path / "bad").write_text(f"{HASH_A}  ok.bin\n{HASH_A[:-1]}  short.bin\n", encoding="utf-8")
+    with pytest.raises(MergeError, match=r"bad: line 2 "):
+        merge.read_manifest_file(tmp_path / "bad")
+    table = {"source": "hand-written", "entries": [
+        {"id": "merged/X-7B", "model": "X-7B", "files": {"consolidated.00.pth": HASH_A}},
+        {"id": "lora/X-7B", "model": "X-7B LoRA", "files": {"adapter_model.bin": HASH_B}}]}
+    (tmp_path / "t.json").write_text(json.dumps(table), encoding="utf-8")
+    assert merge.read_manifest_file(tmp_path / "t.json", "lora/X-7B") == {"adapter_model.bin": HASH_B}
+    assert merge.read_manifest_file(tmp_path / "t.json", "X-7B") == {"consolidated.00.pth": HASH_A}
+    with pytest.raises(MergeError, match="--model.*merged/X-7B, lora/X-7B"):
+        merge.read_manifest_file(tmp_path / "t.json")  # two entries: the flag is needed, the choices are listed
+    table["entries"][1]["files"]["adapter_model.bin"] = "not-a-hash"
+    (tmp_path / "t.json").write_text(json.dumps(table), encoding="utf-8")
+    with pytest.raises(MergeError, match=r"entries\[1\] \(lora/X-7B\) file adapter_model.bin"):
+        merge.read_manifest_file(tmp_path / "t.json", "X-7B")
+
+
+def test_verify_against_an_external_manifest(tmp_path, capsys):
+    import hashlib
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    files = {"consolidated.00.pth": b"weights" * 1000, "params.json": b'{"dim": 64}', "tokenizer.model": b"sp"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    sums = tmp_path / "published.sha256"  # only two files published: the third is "extra", not an error
+    sums.write_text("# hand-written\n" + "".join(f"{hashlib.sha256(files[n]).hexdigest()}  {n}\n"
+                                                 for n in ("consolidated.00.pth", "params.json")), encoding="utf-8")
+    assert merge.verify(folder, sums) == {"mismatch": [], "missing": [], "extra": ["tokenizer.model"]}
+    assert merge.main(["verify", "--manifest", str(sums), str(folder)]) == 0
+    (folder / "consolidated.00.pth").write_bytes(b"weightz" + files["consolidated.00.pth"][7:])
+    (folder / "params.json").unlink()
+    capsys.readouterr()
+    assert merge.main(["verify", str(folder), "--manifest", str(sums)]) == 2
+    err = capsys.readouterr().err
+    assert "consolidated.00.pth: differs" in err and "params.json: is missing" in err and "Traceback" not in err
+    assert "same bytes" in err  # a published list: the message says what such a hash can and cannot tell
+
+
+def test_published_table_parses_and_holds_the_seed_values():
+    entries = merge.published_entries()
+    ids = [e["id"] for e in entries]
+    assert len(ids) == len(set(ids)) and len(entries) >= 30
+    for e in entries:  # Meta's layout: consolidated.00 .. NN without gaps
+        names = sorted(e["files"])
+        if e["format"] == "pth":
+            assert names == [f"consolidated.{i:02d}.pth" for i in range(len(names))], e["id"]
+    # hand-copied from seed 002 (第7步 合并后检查) and from SHA256.md of ymcui/Chinese-LLaMA-Alpaca@090475f
+    assert merge.read_manifest_file(merge.PUBLISHED_V1, "merged/Chinese-LLaMA-Plus-7B") == {
+        "consolidated.00.pth": "f8d380d63f77a08b7f447f5ec63f0bb1cde9ddeae2207e9f86e6b5f0f95a7955"}
+    assert len(merge.read_manifest_file(merge.PUBLISHED_V1, "merged/Chinese-Alpaca-Plus-13B")) == 2
+    assert merge.read_manifest_file(merge.PUBLISHED_V1, "lora/Chinese-Alpaca-Plus-7B")["adapter_model.bin"] \
+        .startswith("4ee0bf805c31")
+
+
+def test_published_table_rows_equal_the_seed():
+    import re
+
+    seed_text = "\n".join(p.read_text(encoding="utf-8") for p in sorted(SEEDS.glob("*.txt"))) if SEEDS.is_dir() else ""
+    if not seed_text:
+        pytest.skip("the seed documents (/work/shared/seeds) are not on this machine")
+    # seed 002 writes "<model> 的 SHA256 :" then the hash on a later line
+    found = re.findall(r"(Chinese-[A-Za-z-]+-\d+B) 的 SHA256[^`]*`([0-9a-f]{64})`", seed_text)
+    assert found, "the seed no longer lists a SHA256 value"
+    by_model = {e["model"]: e for e in merge.published_entries() if e["kind"] == "merged"}
+    for model, digest in found:
+        assert by_model[model]["files"]["consolidated.00.pth"] == digest
+        assert by_model[model].get("seed")
