@@ -6,7 +6,9 @@ Same tiny model, same prompt, greedy, a fixed number of new tokens (the tiny ran
 early; the script checks the token counts are equal). Variants, measured side by side in one run:
   * in-process ``model.generate`` (the floor),
   * the server (uvicorn subprocess, 1 thread) over HTTP, non-streaming and streaming (openai client),
-  * 16 concurrent streaming clients vs the same 16 requests one after another.
+  * 16 concurrent streaming clients vs the same 16 requests one after another,
+  * llama.cpp's own OpenAI server (``python -m llama_cpp.server``, 1 thread) on the same model exported to GGUF
+    f32, the same requests with the same client, next to the course server (``--no_llama_cpp`` skips it).
 Goal: server overhead ≤ 10 % of generation time.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max_tokens", type=int, default=128)
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=6, help="interleaved repetitions (best of each kept)")
+    ap.add_argument("--no_llama_cpp", action="store_true", help="skip the llama.cpp server rows")
     args = ap.parse_args(argv)
 
     import torch
@@ -139,9 +142,10 @@ def main(argv=None) -> int:
         rows += [Measurement(f"{n} streams one after another", sequential, None, {}),
                  Measurement(f"{n} concurrent streams", concurrent, None,
                              {"completed": len(done), "errors": len(errors)})]
+        llama_ratios = {} if args.no_llama_cpp else llama_cpp_rows(args, path, srv, msgs, rows, server_plain, server_stream)
     finally:
         srv.stop()
-    report("P5 API server overhead", rows, {
+    report("P5 API server overhead", rows, {**llama_ratios,
         "server non-stream / in-process (wall)": (plain / base, "≤ 1.10"),
         "server stream / in-process (wall)": (streamed / base, "≤ 1.10"),
         "server non-stream / in-process (CPU s)": (plain_cpu / base_cpu, "≤ 1.10"),
@@ -151,6 +155,54 @@ def main(argv=None) -> int:
         f"{n} concurrent clients completed": (len(done) / n, "1.0"),
     })
     return 0 if not errors and len(done) == n else 1
+
+
+def llama_cpp_rows(args, path, srv, msgs, rows, server_plain, server_stream) -> dict:
+    """llama.cpp's server vs the course server: same model (GGUF f32), same chat requests, interleaved, best of
+    ``args.rounds``; appends Measurements to ``rows`` and returns the ratios."""
+    import tempfile
+
+    from openai import OpenAI
+
+    from helpers import export
+    from helpers.bench import Measurement, timed
+
+    work = Path(tempfile.mkdtemp(prefix="p5-"))
+    gguf_path = export.export_gguf(path, work / "p5-f32.gguf", "f32", progress=False)
+    lsrv = export.start_llama_cpp_server(gguf_path, n_ctx=1024, n_threads=1, env={"OMP_NUM_THREADS": "1"})
+    try:
+        client = OpenAI(base_url=lsrv.v1, api_key="x", max_retries=0, timeout=600)
+        usage = []
+
+        def llama_plain():
+            for _ in range(args.requests):
+                r = client.chat.completions.create(model=lsrv.model, messages=msgs, max_tokens=args.max_tokens,
+                                                   temperature=0)
+                usage.append(r.usage.completion_tokens)
+
+        def llama_stream():
+            for _ in range(args.requests):
+                for _chunk in client.chat.completions.create(model=lsrv.model, messages=msgs, temperature=0,
+                                                             max_tokens=args.max_tokens, stream=True):
+                    pass
+
+        llama_plain()  # warm-up
+        best: dict = {}
+        variants = [("course server non-stream", server_plain), ("llama.cpp server non-stream", llama_plain),
+                    ("course server stream", server_stream), ("llama.cpp server stream", llama_stream)]
+        for _ in range(args.rounds):
+            for name, fn in variants:
+                best[name] = min(best.get(name, float("inf")), timed(name, fn).seconds)
+        print(f"llama.cpp completion tokens per request: {sorted(set(usage))} (course server: {args.max_tokens})")
+        rows += [Measurement(f"{k} ×{args.requests} (same requests)", v, None, {}) for k, v in best.items()]
+        return {"llama.cpp server / course server, non-stream (wall)":
+                (best["llama.cpp server non-stream"] / best["course server non-stream"], "report"),
+                "llama.cpp server / course server, stream (wall)":
+                (best["llama.cpp server stream"] / best["course server stream"], "report")}
+    finally:
+        lsrv.stop()
+        import shutil
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

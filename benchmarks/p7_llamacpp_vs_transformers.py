@@ -12,6 +12,12 @@ prompt, greedy-decode N tokens (no EOS stop), and reports decode tokens/s:
 
 Both timings include the prompt's prefill, as ``generate`` does.
 
+Quantized rows (issue 15): the same shape with FFN 1536 (every row a multiple of 256, so K-quants apply to all
+matrices) is exported to GGUF f16 and quantized by llama.cpp's own quantizer (``helpers.export.quantize_gguf``) to
+Q4_0, Q4_K_M, Q5_K_M, Q8_0; each file decodes in its own subprocess as above, and ``helpers.export.quant_table``
+adds size, bits/weight, perplexity on ``data/zh_heldout.txt`` and KL / top-1 agreement with f16 (the model is
+random: perplexity is reported, KL is what separates the types).
+
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/p7_llamacpp_vs_transformers.py [--tokens 128] [--keep DIR]
 """
 from __future__ import annotations
@@ -80,7 +86,7 @@ print(json.dumps({{"load_s": round(load, 3), "prefill_s": round(prefill, 4), "ne
 """
 
 
-def build_model(folder: Path) -> Path:
+def build_model(folder: Path, **overrides) -> Path:
     """A random LLaMA with the tiny Chinese-Alpaca tokenizer (non-trivial norms), saved as safetensors."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -91,7 +97,7 @@ def build_model(folder: Path) -> Path:
     tok_dir = export.tiny_merged_model("alpaca")
     tok = load_tokenizer(tok_dir)
     torch.manual_seed(0)
-    cfg = LlamaConfig(**CONFIG, vocab_size=len(tok), initializer_range=0.05)
+    cfg = LlamaConfig(**{**CONFIG, **overrides}, vocab_size=len(tok), initializer_range=0.05)
     model = LlamaForCausalLM(cfg).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -103,10 +109,38 @@ def build_model(folder: Path) -> Path:
     return folder
 
 
+def quant_rows(work: Path, threads: int, ids: str, tokens: int) -> None:
+    """The quantized rows: f16 and Q4_0 / Q4_K_M / Q5_K_M / Q8_0 of a K-quant-friendly model, side by side."""
+    import pandas as pd
+
+    from helpers import export
+
+    model_dir = work / "model-k"
+    if not (model_dir / "config.json").is_file():
+        build_model(model_dir, intermediate_size=1536)
+    f16 = export.export_gguf(model_dir, work / "p7k-f16.gguf", "f16", family=None, overwrite=True, progress=False)
+    files, secs = {"f16": f16}, {}
+    for q in export.QUANT_TYPES:
+        t0 = time.perf_counter()
+        res = export.quantize_gguf(f16, work / f"p7k-{q}.gguf", q, overwrite=True, nthread=threads)
+        secs[q], files[q] = time.perf_counter() - t0, res.path
+        print(f"{q}: {res.summary()} (not {export.QUANT_TYPES[q]}: {sorted(res.other)})")
+    rows = [in_subprocess(f"llama.cpp GGUF {q}", LLAMA_CODE.format(threads=threads, path=str(p), ids=ids, n=tokens))
+            for q, p in files.items()]
+    rows += [Measurement(f"quantize f16 -> {q}", s, None, {}) for q, s in secs.items()]
+    base = rows[0].extra["tokens_per_s"]
+    report("P7 quantized GGUF (llama.cpp's quantizer), decode speed", rows,
+           {f"tokens/s {q} / f16": (r.extra["tokens_per_s"] / base, "report") for q, r in zip(files, rows)})
+    table = export.quant_table(files, n_ctx=256, max_tokens=2048, new_tokens=8).drop(columns="tokens/s")
+    with pd.option_context("display.width", 160):
+        print(table)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tokens", type=int, default=128, help="new tokens to decode per variant")
     ap.add_argument("--keep", default=None, help="build the model and GGUF files here and keep them")
+    ap.add_argument("--no_quant", action="store_true", help="skip the llama.cpp-quantized rows (Q4_0 ... Q8_0)")
     args = ap.parse_args(argv)
     threads = int(os.environ.get("OMP_NUM_THREADS") or 2)
     from helpers import export
@@ -146,6 +180,8 @@ def main(argv=None) -> int:
               f"{args.tokens} new tokens")
         report("P7 llama.cpp vs transformers on CPU", rows, ratios)
         print(json.dumps({r.name: r.extra.get("tokens_per_s") for r in rows[:4]}))
+        if not args.no_quant:
+            quant_rows(work, threads, "1, " + ids, args.tokens)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

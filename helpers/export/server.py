@@ -1,0 +1,107 @@
+"""llama.cpp's own OpenAI-compatible server (``python -m llama_cpp.server``, llama-cpp-python's ``server`` extra)
+serving an exported GGUF on 127.0.0.1: the same ``openai`` / LangChain clients as the course's server (step 10)
+talk to it unchanged. The process handle is the course server's :class:`helpers.api.launcher.ServerProcess`
+(log file, ``stop()``, context manager, stopped at exit); only the command and the readiness check differ."""
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from ..api.launcher import ServerProcess
+from ..core import REPO_ROOT
+from ..net import free_port
+from .source import ExportError
+
+
+class LlamaCppServer(ServerProcess):
+    """``python -m llama_cpp.server --model FILE --host 127.0.0.1 --port P ...`` as a subprocess; ``url``/``v1``
+    as for the course server, ``model`` the name clients pass (the server's ``--model_alias``)."""
+
+    def __init__(self, args: list[str], port: int, timeout: float = 120.0, env: dict | None = None,
+                 model: str = "chinese-alpaca"):
+        self.port, self.url, self.v1, self.model = port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", model
+        self.log = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="llama-cpp-server-", suffix=".log",
+                                               delete=False)
+        self._final_output = None
+        self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args, "--host", "127.0.0.1",
+                                      "--port", str(port)], cwd=REPO_ROOT, env={**os.environ, **(env or {})},
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        atexit.register(self.stop)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Returns once ``/v1/models`` answers (llama_cpp.server has no ``/health``); raises RuntimeError with the
+        server's output if it exits or never answers."""
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited with code {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.v1}/models", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"llama_cpp.server did not answer within {timeout:.0f} s:\n{self.output()}")
+            time.sleep(0.3)
+
+
+def llama_cpp_server_args(gguf_file: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
+                          lora_path: str | Path | None = None, model_alias: str = "chinese-alpaca",
+                          chat_format: str | None = None, api_key: str | None = None, kv_f32: bool = False) -> list[str]:
+    """The ``llama_cpp.server`` flags (without host/port) for ``gguf_file``; returns the argument list.
+
+    ``chat_format`` None: the server builds chat prompts from the GGUF's ``tokenizer.chat_template`` (the course
+    writes the registry's template there). ``kv_f32``: KV cache in f32 (for parity checks; deployments keep f16)."""
+    if not Path(gguf_file).is_file():
+        raise ExportError(f"--model {gguf_file}: no such GGUF file; export one first (python -m helpers.export gguf)")
+    threads = n_threads or int(os.environ.get("OMP_NUM_THREADS") or 1)
+    args = ["--model", str(gguf_file), "--model_alias", model_alias, "--n_ctx", str(n_ctx),
+            "--n_threads", str(threads), "--n_threads_batch", str(threads), "--verbose", "False"]
+    if lora_path:
+        args += ["--lora_path", str(lora_path)]
+    if chat_format:
+        args += ["--chat_format", chat_format]
+    if api_key:
+        args += ["--api_key", api_key]
+    if kv_f32:
+        args += ["--type_k", "0", "--type_v", "0"]  # 0 = GGML_TYPE_F32
+    return args
+
+
+def start_llama_cpp_server(gguf_file: str | Path, port: int | None = None, timeout: float = 120.0,
+                           env: dict | None = None, **kwargs) -> LlamaCppServer:
+    """Starts llama.cpp's OpenAI server on 127.0.0.1 (a free port unless given) for ``gguf_file``; returns the
+    :class:`LlamaCppServer` once it answers. ``kwargs``: :func:`llama_cpp_server_args` (``n_ctx``, ``lora_path``,
+    ``model_alias``, ``chat_format``, ``api_key``, ``n_threads``, ``kv_f32``)."""
+    try:
+        import llama_cpp.server  # noqa: F401
+        import starlette_context  # noqa: F401
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ExportError(f"llama_cpp.server needs llama-cpp-python's server extra ({e.name} missing): "
+                          "pip install -e '.[export]'") from e
+    args = llama_cpp_server_args(gguf_file, **kwargs)
+    return LlamaCppServer(args, port or free_port(), timeout, env, model=kwargs.get("model_alias", "chinese-alpaca"))
+
+
+def vllm_commands(merged_dir: str = "chinese-alpaca-2-7b", lora_dir: str | None = "my-lora", port: int = 8000,
+                  served_name: str = "chinese-alpaca-2") -> str:
+    """The shell commands that serve a merged HF model with vLLM behind the OpenAI API (GPU only), and the same
+    base with a PEFT adapter (``--enable-lora --lora-modules NAME=PATH``); returns them as one text."""
+    lines = [f"vllm serve {merged_dir} --served-model-name {served_name} --host 127.0.0.1 --port {port} "
+             "--dtype float16 --max-model-len 4096"]
+    if lora_dir:
+        lines.append(f"vllm serve {merged_dir} --served-model-name {served_name} --host 127.0.0.1 --port {port} "
+                     f"--enable-lora --max-lora-rank 64 --lora-modules my-lora={lora_dir}")
+    return "\n".join(lines)
