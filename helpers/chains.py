@@ -118,8 +118,11 @@ def api_llm(base_url: str, model: str = "chinese-alpaca", api_key: str = "EMPTY"
     from langchain_openai import ChatOpenAI
 
     extra = {"custom_get_token_ids": token_counter(tokenizer)} if tokenizer is not None else {}
+    # langchain-openai 1.x sends the limit only as `max_completion_tokens`, which llama.cpp's server ignores (it
+    # then generates up to its context); `max_tokens` in the body too keeps every OpenAI-compatible server bounded.
+    body = {"max_tokens": max_tokens, **(kwargs.pop("extra_body", None) or {})}
     return ChatOpenAI(base_url=base_url, api_key=api_key, model=model, max_tokens=max_tokens,
-                      temperature=temperature, **extra, **kwargs)
+                      temperature=temperature, extra_body=body, **extra, **kwargs)
 
 
 class PromptRecorder(BaseCallbackHandler):

@@ -59,3 +59,25 @@ def test_prompt_recorder_keeps_llm_and_chat_prompts():
     rec.on_llm_start({}, ["a", "b"])
     rec.on_chat_model_start({}, [[SystemMessage("系统"), HumanMessage("你好")]])
     assert rec.prompts == ["a", "b", "系统\n你好"]
+
+
+def test_api_llm_sends_max_tokens_that_every_server_reads():
+    """langchain-openai 1.x sends only ``max_completion_tokens``; llama.cpp's server ignores it and generates to its
+    context. The request body must also carry OpenAI's ``max_tokens`` (the field every compatible server reads)."""
+    import json
+
+    import httpx
+
+    bodies = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={
+            "id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "好"}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
+
+    llm = chains.api_llm("http://127.0.0.1:9/v1", max_tokens=7, http_client=httpx.Client(transport=httpx.MockTransport(handler)),
+                         extra_body={"top_k": 3})
+    assert llm.invoke("你好").content == "好"
+    assert bodies[0]["max_tokens"] == 7 and bodies[0]["top_k"] == 3

@@ -18,7 +18,7 @@ from packaging.specifiers import SpecifierSet
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORTED_PYTHONS = ("3.11", "3.12", "3.13")  # what README promises and CI checks the pins against
 # Pins PyPI has no wheel for (pip builds them from source): checked by their Requires-Python instead of a binary resolution.
-SDIST_ONLY = {"llama-cpp-python", "jieba"}
+SDIST_ONLY = {"llama-cpp-python", "jieba", "deepspeed"}
 # The machines learners use (Colab, AutoDL) and CI: x86_64 Linux with glibc >= 2.28 (torch's wheels need it).
 PLATFORM = "x86_64-manylinux_2_28"
 PYPI = "https://pypi.org/simple/"
@@ -50,7 +50,9 @@ def test_requires_python_admits_exactly_the_supported_versions():
 def test_heavy_and_tool_only_parts_are_extras():
     meta = project()
     extras = {k: pin_names(v) for k, v in meta["optional-dependencies"].items()}
-    assert extras["export"] == {"gguf", "llama-cpp-python"}  # notebook 11 (llama.cpp compiles from source)
+    assert extras["export"] == {"gguf", "llama-cpp-python", "starlette-context"}  # notebook 11 (llama.cpp compiles
+    # from source; starlette-context completes llama-cpp-python's [server] extra)
+    assert extras["train"] == {"deepspeed"}  # notebook 07's --deepspeed (Colab/AutoDL: pip install -e "course[train]")
     assert "jupyterlab" in extras["lab"] and {"pytest", "nbval"} <= extras["test"]
     light = pin_names(meta["dependencies"])
     assert {"ipykernel", "nbformat", "nbclient", "papermill"} <= light  # the notebooks need a kernel
@@ -59,7 +61,7 @@ def test_heavy_and_tool_only_parts_are_extras():
 
 def test_environment_yml_installs_the_project_instead_of_repeating_it():
     env = (ROOT / "environment.yml").read_text(encoding="utf-8")
-    assert "python=3.11" in env and "-e .[test,export,lab]" in env
+    assert "python=3.11" in env and "-e .[test,export,lab,train]" in env
     listed = re.findall(r"^\s+- ([A-Za-z0-9_.\-]+)==", env, flags=re.M)
     assert listed == ["torch"], "environment.yml must not list dependencies other than torch (pyproject is the source)"
 
@@ -68,11 +70,11 @@ def test_makefile_and_ci_entry_point():
     make = (ROOT / "Makefile").read_text(encoding="utf-8")
     for target in ("course:", "test:", "lab:", "venv:"):
         assert f"\n{target}" in make
-    assert '-e ".[test,export,lab]"' in make, "`make` installs everything: the light set and every extra"
+    assert '-e ".[test,export,lab,train]"' in make, "`make` installs everything: the light set and every extra"
     assert "--ip=127.0.0.1" in make and "--allow-root" in make
     assert "--nbval-lax" in make and "HF_HUB_OFFLINE" in make
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
-    assert "make test" in ci
+    assert "make test" in ci and "make book" in ci and "make rehearse" in ci
     assert "workspace/" in (ROOT / ".gitignore").read_text(encoding="utf-8")
 
 
