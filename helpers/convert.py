@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .core import CourseError, cli_main
+from .device import check_ram
 from .io import read_json
 from .weights import (  # noqa: F401  (permute_* and load_hf_state_dict stay convert's public names)
     hf_to_meta_tensor, load_hf_state_dict, load_torch_file, meta_to_hf_tensor, name_pairs, permute_hf_to_meta,
@@ -275,7 +276,10 @@ def meta_to_hf(input_dir: str | Path, model_size: str, output_dir: str | Path, l
     if not tok_file.is_file():
         raise ConvertError(f"{tok_file}: tokenizer.model not found; Meta's layout keeps it in --input_dir")
     files = shard_files(ckpt_dir, model_size)
-    shards = [_load_pth(f) for f in tqdm(files, desc="load shards", disable=len(files) < 2)]
+    shards = [_load_pth(f) for f in tqdm(files, desc="load shards", disable=len(files) < 2)]  # memory-mapped
+    check_ram(ram_needed_meta_to_hf(shards, max_shard_size), f"--input_dir {ckpt_dir}: Meta -> HF conversion",
+              "a smaller --max_shard_size lowers the write buffer (e.g. 500MB), or download the HF-format weights "
+              "(e.g. meta-llama/Llama-2-7b-hf) and skip this step; ")
     sd = merge_meta_shards(shards, files)
     sizes = check_meta_shapes(sd, params, ckpt_dir)
     import sentencepiece as spm
@@ -295,6 +299,39 @@ def meta_to_hf(input_dir: str | Path, model_size: str, output_dir: str | Path, l
         save_torch_state_dict(hf_sd, tmp, max_shard_size=max_shard_size)
         save_hf_tokenizer(tok_file, tmp)
     return Path(output_dir)
+
+
+def _is_qk(name: str) -> bool:
+    """True for the q/k projections, Meta's or HF's names (the tensors the rotary permutation copies)."""
+    return name.endswith(("attention.wq.weight", "attention.wk.weight", "self_attn.q_proj.weight",
+                          "self_attn.k_proj.weight"))
+
+
+def ram_needed_meta_to_hf(shards: list[dict[str, torch.Tensor]], max_shard_size: str | int = "2GB") -> int:
+    """The bytes :func:`meta_to_hf` holds at its peak besides the memory-mapped shards (estimate, no margin): the
+    concatenated copy of every split weight (several shards only: one shard stays mapped), the permuted copies of
+    the q/k weights, and one output shard that safetensors serializes in memory. Returns the byte count."""
+    from .merge import parse_size
+
+    def size(t):
+        return t.numel() * t.element_size()
+
+    split = sum(size(t) for s in shards for k, t in s.items() if t.dim() > 1 and split_dim(k) is not None)
+    total = split + sum(size(t) for k, t in shards[0].items() if t.dim() < 2 or split_dim(k) is None)  # the output
+    qk = sum(size(t) for s in shards for k, t in s.items() if _is_qk(k))
+    return (split if len(shards) > 1 else 0) + qk + min(parse_size(max_shard_size), total)
+
+
+def ram_needed_hf_to_meta(input_dir: str | Path, num_shards: int) -> int:
+    """The bytes :func:`hf_to_meta` holds at its peak (estimate from the HF folder's headers, no margin): the whole
+    state dict read into memory, the permuted copies of the q/k weights and the per-rank copies of
+    :func:`split_meta_shards` (one full copy of the model, whatever the shard count). Returns the byte count."""
+    from .weights import WeightReader, nbytes
+
+    with WeightReader(input_dir) as r:
+        sizes = {k: nbytes(r.shape(k), r.dtype(k)) for k in r.keys}
+    total = sum(sizes.values())
+    return 2 * total + sum(v for k, v in sizes.items() if _is_qk(k))
 
 
 def guess_multiple_of(config) -> tuple[int, float | None]:
@@ -337,6 +374,8 @@ def hf_to_meta(input_dir: str | Path, output_dir: str | Path, num_shards: int | 
         raise ConvertError(f"{flag}: the shard count must divide the {config.num_key_value_heads} key/value heads "
                            f"of {src}; pass --num_shards")
     params = meta_params(config)
+    check_ram(ram_needed_hf_to_meta(src, num_shards), f"--input_dir {src}: HF -> Meta conversion",
+              "another --num_shards does not help (the ranks together are one copy of the model); ")
     sd = load_hf_state_dict(src)
     meta = hf_to_meta_state_dict(sd, config.num_attention_heads, config.num_key_value_heads)
     with atomic_dir(output_dir, overwrite=overwrite) as tmp:

@@ -207,3 +207,30 @@ def quantization_config(bits: int | None, choice: DeviceChoice, flag: str | None
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                               bnb_4bit_compute_dtype=choice.dtype)
+
+
+def free_ram() -> tuple[int, int]:
+    """``(available RAM, free swap)`` in bytes, from psutil (``available`` already counts the page cache the system
+    can drop, e.g. memory-mapped weight files)."""
+    import psutil
+
+    return psutil.virtual_memory().available, psutil.swap_memory().free
+
+
+def check_ram(need_bytes: int, what: str, hint: str = "") -> int:
+    """Refuse to start a CPU step that would hold ``need_bytes`` in RAM when the machine cannot give them (available
+    RAM + free swap): without this the system kills the process and the learner sees only ``Killed``.
+
+    ``what`` names the step and its input (``"merge of base_dir + 2 LoRA(s)"``); ``hint`` is the step's own way to
+    need less (ends with "; "). ``COURSE_SKIP_RAM_CHECK=1`` skips the check (for an estimate that is too cautious).
+    Returns the bytes available; raises CourseError with both numbers and what to do (the step's hint, a machine
+    with more RAM, or swap).
+    """
+    ram, swap = free_ram()
+    if need_bytes <= ram + swap or os.environ.get("COURSE_SKIP_RAM_CHECK", "").strip() in ("1", "true", "yes"):
+        return ram + swap
+    raise CourseError(
+        f"{what} would hold ~{need_bytes / GIB:.1f} GiB in RAM but this machine has {ram / GIB:.1f} GiB available "
+        f"+ {swap / GIB:.1f} GiB free swap: the system would kill it (`Killed`). {hint}close other programs, use a "
+        "machine with more RAM, or add swap (slow but it finishes: sudo fallocate -l 16G /swapfile && sudo chmod 600 "
+        "/swapfile && sudo mkswap /swapfile && sudo swapon /swapfile); COURSE_SKIP_RAM_CHECK=1 skips this check")

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .core import DATA_DIR, CourseError, cli_main
+from .device import check_ram
 from .io import MANIFEST, atomic_dir, read_json, write_json, write_manifest
 from .weights import (  # noqa: F401  (StreamingSafetensorsWriter: benchmarks time merge's writes)
     StreamingSafetensorsWriter, WeightReader, hf_to_meta_tensor, kv_heads, mapped_tensors, meta_key, nbytes)
@@ -234,7 +235,10 @@ def plan_merge(base_model: str | Path, lora_models, check_base: bool = True) -> 
             embed_source, real_rows = ad.replace[EMBED], new_vocab
         if new_vocab != vocab and EMBED not in ad.replace:
             warnings.warn(f"{ad.path}: the vocabulary grows {vocab} -> {new_vocab} but the adapter does not train "
-                          "embed_tokens/lm_head (no modules_to_save); new rows get the mean embedding", stacklevel=2)
+                          "embed_tokens/lm_head (no modules_to_save); the new rows get the mean embedding, untrained, "
+                          "so the new tokens mean nothing to the model. Retrain the LoRA with --modules_to_save "
+                          "embed_tokens,lm_head (python -m helpers.train pt|sft; it is the default there), or merge "
+                          "it with the tokenizer it was trained with", stacklevel=2)
         vocab = new_vocab
         steps.append(vocab)
     for key in (EMBED, LM_HEAD):
@@ -432,6 +436,9 @@ def merge_lora_into(base_model: str | Path, lora_models, output_dir: str | Path,
     start = time.perf_counter()
     max_bytes = parse_size(max_shard_size)  # a bad flag fails before the adapters are read
     plan = plan_merge(base_model, lora_models, check_base=check_base)
+    check_ram(ram_needed(plan, check_base), f"merge of {plan.base_model} + {len(plan.adapters)} LoRA(s)",
+              "the merge streams one tensor at a time, so its peak is the LoRA matrices plus the largest tensor "
+              "and does not shrink with smaller output shards; ")
     with atomic_dir(out, overwrite=overwrite) as tmp:
         with tqdm(total=len(plan.keys), desc="merge", unit="tensor", disable=not progress) as bar:
             known = _write_hf(plan, tmp, max_bytes, bar) if output_type == "huggingface" else \
@@ -441,6 +448,30 @@ def merge_lora_into(base_model: str | Path, lora_models, output_dir: str | Path,
         write_manifest(tmp, known=known)
         files = sorted(p.name for p in tmp.iterdir())
     return MergeResult(out, output_type, plan.vocab_steps[-1], files, time.perf_counter() - start, plan)
+
+
+def ram_needed(plan: Plan, check_base: bool = True) -> int:
+    """The bytes the streaming merge holds at its peak, from the plan's shapes and dtypes (estimate, no margin):
+    every adapter's LoRA matrices (in memory for the whole merge) plus the larger of the working set of one
+    output tensor (:func:`merged_tensor`: the tensor as read, a float32 accumulator and the result in the base
+    dtype when a LoRA targets it or the vocabulary grows; else the tensor alone) and, with ``check_base``, the two
+    embeddings the base check compares. Memory-mapped pages of a ``.bin`` base are not counted: the system drops
+    them when it needs the memory. Returns the byte count."""
+    import torch
+
+    lora = sum(t.numel() * t.element_size() for ad in plan.adapters for pair in ad.lora.values() for t in pair)
+    work = 0
+    for key in plan.keys:
+        last = last_replacing(plan, key)  # the merge of this key starts there (-1: from the base tensor)
+        start_vocab = plan.vocab_steps[last + 1] if last >= 0 else plan.vocab_steps[0]
+        changed = any(key in ad.lora for ad in plan.adapters[max(last, 0):]) or (
+            key in (EMBED, LM_HEAD) and plan.vocab_steps[-1] > start_vocab)
+        size = nbytes(plan.shapes[key], plan.dtypes[key])
+        f32 = math.prod(plan.shapes[key]) * torch.empty((), dtype=torch.float32).element_size()
+        work = max(work, 2 * size + f32 if changed else size)
+    check = 2 * nbytes(plan.shapes[EMBED], plan.dtypes[EMBED]) \
+        if check_base and any(EMBED in ad.original for ad in plan.adapters) else 0
+    return lora + max(work, check)
 
 
 def _iter_merged(plan: Plan, bar):

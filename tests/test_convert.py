@@ -296,3 +296,50 @@ def test_odd_vocabulary_splits_like_the_original_merge_script():
     assert all(torch.equal(back[k], sd[k]) for k in sd)
     with pytest.raises(CourseError, match=r"layers.0.attention.wq.weight: dimension 0 of shape \(63, 64\).*--num_shards"):
         convert.split_meta_shards({"layers.0.attention.wq.weight": torch.zeros(63, 64)}, 2)
+
+
+# --------------------------------------------------------------------------- RAM check
+def fake_ram(monkeypatch, available, swap=0):
+    import psutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: SimpleNamespace(free=swap))
+    monkeypatch.delenv("COURSE_SKIP_RAM_CHECK", raising=False)
+
+
+def _tiny_bytes():
+    """Hand-worked from the tiny config (float32; vocab 1000, hidden 64, 4 heads, intermediate 172, 2 layers):
+    ``(all weights, 1-dim norms, q and k)`` in bytes."""
+    v, h, i, layers = 1000, 64, 172, 2
+    norms = (2 * layers + 1) * h * 4
+    total = 2 * v * h * 4 + layers * (4 * h * h + 3 * h * i) * 4 + norms
+    return total, norms, layers * 2 * h * h * 4
+
+
+def test_ram_needed_hand_worked_on_tiny_checkpoints():
+    total, norms, qk = _tiny_bytes()
+    one = [convert._load_pth(f) for f in convert.shard_files(tiny.meta_checkpoint(1) / "tiny")]
+    two = [convert._load_pth(f) for f in convert.shard_files(tiny.meta_checkpoint(2) / "tiny-tp2")]
+    # one shard stays memory-mapped: q/k permuted copies + one output shard in the write buffer
+    assert convert.ram_needed_meta_to_hf(one) == qk + total
+    assert convert.ram_needed_meta_to_hf(one, 1000) == qk + 1000
+    # two shards: the split weights are concatenated into memory (the norms, in both shards, stay mapped)
+    assert convert.ram_needed_meta_to_hf(two) == (total - norms) + qk + total
+    # HF -> Meta: the state dict, the per-rank copies and the permuted q/k
+    assert convert.ram_needed_hf_to_meta(tiny.hf_model(), 1) == 2 * total + qk
+
+
+def test_conversion_refuses_to_start_without_the_ram_it_needs(tmp_path, monkeypatch, capsys):
+    total, norms, qk = _tiny_bytes()
+    fake_ram(monkeypatch, qk + total - 1)
+    with pytest.raises(CourseError, match=r"Meta -> HF conversion would hold .*--max_shard_size.*swap"):
+        convert.meta_to_hf(tiny.meta_checkpoint(1), "tiny", tmp_path / "hf")
+    assert convert.main(["--input_dir", str(tiny.meta_checkpoint(1)), "--model_size", "tiny",
+                         "--output_dir", str(tmp_path / "hf")]) == 2
+    assert "Killed" in capsys.readouterr().err and not (tmp_path / "hf").exists()
+    assert convert.meta_to_hf(tiny.meta_checkpoint(1), "tiny", tmp_path / "hf", max_shard_size=1000).is_dir()
+    fake_ram(monkeypatch, 2 * total + qk - 1)
+    with pytest.raises(CourseError, match=r"HF -> Meta conversion would hold"):
+        convert.hf_to_meta(tiny.hf_model(), tmp_path / "meta")
+    assert not (tmp_path / "meta").exists()

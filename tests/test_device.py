@@ -186,3 +186,30 @@ def test_bitsandbytes_configs(monkeypatch):
     assert q8.load_in_8bit and not q8.load_in_4bit
     with pytest.raises(CourseError, match="3-bit"):
         device.quantization_config(3, c)
+
+
+def fake_ram(monkeypatch, available_gib, swap_gib=0.0):
+    """Make psutil report ``available_gib`` of available RAM and ``swap_gib`` of free swap."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=int(available_gib * GIB),
+                                                                          total=int(64 * GIB)))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: SimpleNamespace(free=int(swap_gib * GIB)))
+
+
+def test_check_ram_refuses_with_both_numbers_and_what_to_do(monkeypatch):
+    monkeypatch.delenv("COURSE_SKIP_RAM_CHECK", raising=False)
+    fake_ram(monkeypatch, 3.0, 1.0)
+    with pytest.raises(CourseError) as e:
+        device.check_ram(int(4.5 * GIB), "merge of base + 1 LoRA(s)", "use smaller shards; ")
+    msg = str(e.value)
+    assert msg.startswith("merge of base + 1 LoRA(s) would hold ~4.5 GiB in RAM")
+    assert "3.0 GiB available + 1.0 GiB free swap" in msg and "Killed" in msg
+    assert "use smaller shards; " in msg and "more RAM" in msg and "swapon" in msg
+    assert device.check_ram(4 * GIB, "x") == 4 * GIB  # RAM + swap is enough: exactly the need passes
+
+
+def test_check_ram_can_be_skipped(monkeypatch):
+    fake_ram(monkeypatch, 0.5)
+    monkeypatch.setenv("COURSE_SKIP_RAM_CHECK", "1")
+    assert device.check_ram(100 * GIB, "x") == int(0.5 * GIB)

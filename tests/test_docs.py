@@ -93,3 +93,70 @@ def test_every_seed_item_is_taught():
     missing = [f"{r['id']} [{r['status'] or 'done?'}] {r['notebook']} § {r['section']}: {r['item']}"
                for r in _coverage_rows() if r["section"] not in _headings(r["notebook"])]
     assert not missing, f"{len(missing)} seed items have no section yet:\n" + "\n".join(missing)
+
+
+# --------------------------------------------------------------------------- per-notebook apparatus (issue 18)
+GLOSSARY_LINK = re.compile(r"\]\(\.\./docs/glossary\.md#([\w-]+)\)")
+# The glossary author's map: the notebook where each term is first used (its first occurrence there is linked).
+FIRST_USE = {
+    "00_overview": ["lora", "modules-to-save", "pt", "sft", "sentencepiece", "rope", "gqa", "safetensors", "sha256",
+                    "quantized-loading", "gradio", "gguf", "rag"],
+    "03_extend_vocab": ["byte-fallback"], "05_inference": ["chat-template", "sampling"],
+    "07_pretrain_and_sft_lora": ["label-masking", "packing", "eos", "zero"], "08_langchain_qa": ["faiss", "bm25", "rrf"],
+    "09_langchain_summarize": ["chain-types"], "10_openai_api": ["sse"],
+    "11_export_deploy": ["k-quants", "modelfile", "flm", "perplexity"], "13_troubleshooting": ["gated"],
+}
+# Notebooks with the apparatus (header, glossary links, exercises with hints/answers, self-check). The others were
+# being edited by other engineers when issue 18 added it: add each here once it has the apparatus.
+APPARATUS = ["00_overview", "01_crawl_prompts", "02_convert_llama", "04_merge_lora", "06_webui",
+             "09_langchain_summarize", "13_troubleshooting"]
+
+
+def _markdown(stem):
+    return [(c["id"], "".join(c["source"])) for c in _cells(stem) if c["cell_type"] == "markdown"]
+
+
+def test_glossary_links_from_notebooks_point_to_anchors_that_exist():
+    anchors = set(re.findall(r'<a id="([\w-]+)"></a>', (DOCS / "glossary.md").read_text(encoding="utf-8")))
+    links = [(f"{p.stem}#{cid}", a) for p in sorted(NOTEBOOKS.glob("*.ipynb")) for cid, text in _markdown(p.stem)
+             for a in GLOSSARY_LINK.findall(text)]
+    bad = [f"{where}: #{a} not in docs/glossary.md" for where, a in links if a not in anchors]
+    assert len(links) >= 15 and not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("stem", [s for s in FIRST_USE if s in APPARATUS])
+def test_first_use_terms_are_linked_to_the_glossary(stem):
+    linked = {a for _, text in _markdown(stem) for a in GLOSSARY_LINK.findall(text)}
+    assert set(FIRST_USE[stem]) - linked == set()
+
+
+def test_pictures_linked_from_notebooks_exist():
+    pics = [(p.stem, m) for p in sorted(NOTEBOOKS.glob("*.ipynb")) for _, text in _markdown(p.stem)
+            for m in re.findall(r"\]\(\.\./(images/[\w.-]+)\)", text)]
+    assert {("04_merge_lora", "images/04_lora_merge.png"), ("09_langchain_summarize", "images/09_chain_types.png")} \
+        <= set(pics)
+    assert [f"{stem}: {p}" for stem, p in pics if not (REPO_ROOT / p).is_file()] == []
+
+
+@pytest.mark.parametrize("stem", APPARATUS)
+def test_notebook_opens_with_time_and_prerequisites(stem):
+    """The code cell right after the setup cell renders helpers.overview.header for this very notebook."""
+    code = [("".join(c["source"])) for c in _cells(stem) if c["cell_type"] == "code"]
+    setup = next(i for i, s in enumerate(code) if "= helpers.setup(" in s)  # not the Colab cell's comment
+    assert f'Markdown(overview.header("{stem}"))' in code[setup + 1]
+
+
+def _blocks(text, summary):
+    return re.findall(rf"<details><summary>{summary}</summary>\n\n(.+?)\n\n</details>", text, re.S)
+
+
+@pytest.mark.parametrize("stem", APPARATUS)
+def test_exercises_have_hints_and_answers_and_a_self_check(stem):
+    """练习: every numbered exercise is followed by a 提示 and a 参考答案 block; 自测: 2-4 questions with 答案."""
+    last = _markdown(stem)[-1][1]
+    exercises, _, selfcheck = last.partition("## 练习")[2].partition("## 自测")
+    parts = re.split(r"^\d+\. ", exercises, flags=re.M)[1:]
+    assert len(parts) >= 3 and all(len(_blocks(p, "提示")) == 1 and len(_blocks(p, "参考答案")) == 1 for p in parts)
+    questions = re.split(r"^\d+\. ", selfcheck, flags=re.M)[1:]
+    assert 2 <= len(questions) <= 4 and all(len(_blocks(q, "答案")) == 1 for q in questions)
+    assert last.count("<details>") == last.count("</details>") == 2 * len(parts) + len(questions)

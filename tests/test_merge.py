@@ -505,3 +505,74 @@ def test_published_table_rows_equal_the_seed():
     for model, digest in found:
         assert by_model[model]["files"]["consolidated.00.pth"] == digest
         assert by_model[model].get("seed")
+
+
+# --------------------------------------------------------------------------- RAM check and the vocabulary warning
+def _lora_bytes(adapter) -> int:
+    """Bytes of the lora_A/lora_B matrices of an adapter file, read with the safetensors library."""
+    from safetensors import safe_open
+
+    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as f:
+        return sum(f.get_tensor(k).numel() * 4 for k in f.keys() if ".lora_A." in k or ".lora_B." in k)
+
+
+def test_ram_needed_hand_worked_on_the_tiny_merge(base, loras):
+    """The tiny model (float32, hidden 64, intermediate 172): both LoRAs replace embed_tokens/lm_head, the last one
+    with 3978 rows. Peak = the LoRA matrices + either the two embeddings the base check compares (2 x 3978 x 64 x 4)
+    or, without the check, the larger of one replaced embedding held once (3978 x 64 x 4) and the largest LoRA
+    target in base + float32 accumulator + result (172 x 64 x 12)."""
+    plan = merge.plan_merge(base, [loras["llama"], loras["alpaca"]])
+    lora = _lora_bytes(loras["llama"]) + _lora_bytes(loras["alpaca"])
+    assert plan.vocab_steps[-1] == 3978
+    assert merge.ram_needed(plan) == lora + 2 * 3978 * 64 * 4
+    assert merge.ram_needed(plan, check_base=False) == lora + max(3978 * 64 * 4, 172 * 64 * 12)
+
+
+def fake_ram(monkeypatch, available, swap=0):
+    import psutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=available))
+    monkeypatch.setattr(psutil, "swap_memory", lambda: SimpleNamespace(free=swap))
+    monkeypatch.delenv("COURSE_SKIP_RAM_CHECK", raising=False)
+
+
+def test_merge_refuses_to_start_without_the_ram_it_needs(base, loras, tmp_path, monkeypatch, capsys):
+    lora = _lora_bytes(loras["llama"]) + _lora_bytes(loras["alpaca"])
+    need = lora + 2 * 3978 * 64 * 4
+    fake_ram(monkeypatch, need - 1000, swap=500)
+    with pytest.raises(CourseError, match=r"merge of .* would hold ~0\.0 GiB in RAM .*more RAM.*swap"):
+        merge.merge_lora_into(base, [loras["llama"], loras["alpaca"]], tmp_path / "x", progress=False)
+    assert not (tmp_path / "x").exists()
+    args = ["--base_model", str(base), "--lora_model", f"{loras['llama']},{loras['alpaca']}",
+            "--output_dir", str(tmp_path / "x"), "--quiet"]
+    assert merge.main(args) == 2
+    assert "Killed" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    fake_ram(monkeypatch, need - 500, swap=500)  # RAM + swap = the need: it runs
+    assert merge.merge_lora_into(base, [loras["llama"]], tmp_path / "y", progress=False).vocab_size == 3977
+
+
+def test_vocabulary_growth_without_modules_to_save_says_how_to_retrain(base, loras, tmp_path):
+    """An adapter whose tokenizer is larger than the base but which saves no embed_tokens/lm_head (built here by
+    stripping them from the tiny LLaMA-LoRA): the warning names the flag of helpers.train that fixes it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from helpers.train import LoraArguments
+
+    bare = tmp_path / "no-modules-to-save"
+    shutil.copytree(loras["llama"], bare)
+    with safe_open(str(bare / "adapter_model.safetensors"), framework="pt") as f:
+        kept = {k: f.get_tensor(k) for k in f.keys() if ".lora_" in k}
+    save_file(kept, str(bare / "adapter_model.safetensors"))
+    config = json.loads((bare / "adapter_config.json").read_text(encoding="utf-8"))
+    (bare / "adapter_config.json").write_text(json.dumps({**config, "modules_to_save": None}), encoding="utf-8")
+    with pytest.warns(UserWarning) as record:
+        plan = merge.plan_merge(base, [bare])
+    msg = str(record[0].message)
+    assert "grows 1000 -> 3977" in msg
+    assert "--modules_to_save embed_tokens,lm_head" in msg and "python -m helpers.train" in msg
+    assert "modules_to_save" in LoraArguments.__dataclass_fields__  # the flag the message names exists
+    assert LoraArguments().modules_to_save == "embed_tokens,lm_head"
+    # the resized embedding and lm_head: base rows + float32 copy for the mean + the grown tensor (12 bytes/value)
+    assert merge.ram_needed(plan) == _lora_bytes(bare) + 3977 * 64 * 12
