@@ -2,11 +2,20 @@
 
 Defaults follow the original ``inference_hf.py``: temperature 0.2, top_k 40, top_p 0.9,
 repetition_penalty 1.1, max_new_tokens 400.
+
+Speculative decoding (the original ``--speculative_sampling`` with a draft model) is transformers' assisted
+generation: ``model.generate(..., assistant_model=draft)``. :func:`check_draft` refuses a draft with another
+vocabulary before anything is generated; :func:`speculative_generate` also counts the forward passes of both
+models (forward hooks) to report how many drafted tokens the target accepted.
 """
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+
+from .core import CourseError
 
 GENERATION_DEFAULTS = dict(temperature=0.2, top_k=40, top_p=0.9, num_beams=1, do_sample=True,
                            repetition_penalty=1.1, max_new_tokens=400)
@@ -30,6 +39,37 @@ def generation_kwargs(tokenizer, **overrides) -> dict:
 
 def _device(model):
     return next(model.parameters()).device
+
+
+def vocab_rows(model) -> int:
+    """Rows of ``model``'s output layer (``lm_head``): the vocabulary its next-token scores range over."""
+    head = model.get_output_embeddings()
+    return int(head.weight.shape[0]) if head is not None else int(model.config.vocab_size)
+
+
+def check_draft(model, draft_model) -> None:
+    """Refuse (``CourseError`` naming both sizes) a draft whose vocabulary differs from the target's: a drafted
+    token id must mean the same piece to both models. Returns ``None`` when they match."""
+    target, draft = vocab_rows(model), vocab_rows(draft_model)
+    if target != draft:
+        raise CourseError(f"--draft_base_model: the draft model has a vocabulary of {draft} tokens but the target "
+                          f"(--base_model) has {target}: speculative decoding needs the same tokenizer (e.g. "
+                          "hfl/chinese-alpaca-2-1.3b drafting for hfl/chinese-alpaca-2-7b, both 55296)")
+
+
+def draft_kwargs(draft_model, draft_k: int | None = None) -> dict:
+    """``model.generate`` keywords for assisted generation with ``draft_model``; returns
+    ``{"assistant_model": draft_model}``. Sets the draft's ``generation_config`` (where transformers' candidate
+    generator reads them) as the original ``--draft_k``: > 0 drafts exactly that many tokens per round; ``None``
+    or <= 0 adapts from 4 (+2 after a fully accepted round, -1 otherwise, restarting at 4 for every call:
+    transformers' ``heuristic_transient``, the original's rule). transformers' extra confidence cut-off
+    (``assistant_confidence_threshold``, not in the original) is switched off so the draft length is only ``k``."""
+    cfg = draft_model.generation_config
+    adaptive = draft_k is None or draft_k <= 0
+    cfg.num_assistant_tokens = 4 if adaptive else int(draft_k)
+    cfg.num_assistant_tokens_schedule = "heuristic_transient" if adaptive else "constant"
+    cfg.assistant_confidence_threshold = 0.0
+    return {"assistant_model": draft_model}
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:
@@ -56,11 +96,16 @@ def generate(model, tokenizer, prompts: list[str], batch_size: int = 8, *, stop:
 
     ``stop``: strings where an answer is cut; ``add_special_tokens=False`` when the prompts already carry
     ``<s>`` (chat templates); ``sort_by_length`` batches prompts of similar length together (less padding;
-    results stay in input order); ``progress`` shows a tqdm bar over batches.
+    results stay in input order); ``progress`` shows a tqdm bar over batches. ``assistant_model=draft`` (see
+    :func:`draft_kwargs`) decodes speculatively, one prompt at a time (transformers' assisted generation takes
+    batches of 1).
     """
     import torch
 
     kw = generation_kwargs(tokenizer, **gen)
+    if kw.get("assistant_model") is not None:
+        check_draft(model, kw["assistant_model"])
+        batch_size = 1
     tokenizer.padding_side = "left"
     order = list(range(len(prompts)))
     if sort_by_length:
@@ -102,6 +147,8 @@ def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel:
             return cancel.is_set()
 
     kw = generation_kwargs(tokenizer, **gen)
+    if kw.get("assistant_model") is not None:
+        check_draft(model, kw["assistant_model"])
     enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(_device(model))
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     errors: list[BaseException] = []
@@ -141,3 +188,70 @@ def stream(model, tokenizer, prompt: str, stop: list[str] | None = None, cancel:
         thread.join()
     if errors:
         raise errors[0]
+
+
+# --------------------------------------------------------------------------- speculative decoding, measured
+@dataclass
+class Speculation:
+    """One speculative generation: the text and what it cost. ``target_calls`` / ``draft_calls`` are forward
+    passes; every target pass verifies a round of drafted tokens and adds one token of its own."""
+
+    text: str
+    new_tokens: int
+    target_calls: int
+    draft_calls: int
+    seconds: float
+
+    @property
+    def accepted(self) -> int:
+        """Drafted tokens the target kept (each target pass contributes one token beyond them)."""
+        return max(0, self.new_tokens - self.target_calls)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        """Accepted / drafted tokens (``None`` without a draft). Approximate: the last round may stop early."""
+        return min(1.0, self.accepted / self.draft_calls) if self.draft_calls else None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+def _count_calls(model) -> tuple[list[int], object]:
+    """A forward hook counting ``model``'s forward passes; returns ``(counter, handle)``."""
+    counter = [0]
+
+    def hook(module, args, output):
+        counter[0] += 1
+
+    return counter, model.register_forward_hook(hook)
+
+
+def speculative_generate(model, tokenizer, prompt: str, draft_model=None, draft_k: int | None = None, *,
+                         add_special_tokens: bool = True, stop: list[str] | None = None, **gen) -> Speculation:
+    """Generate for one ``prompt`` with ``draft_model`` drafting (``None``: the target alone, for comparison);
+    returns a :class:`Speculation` (text cut at ``stop``, new tokens, forward passes of each model, seconds).
+
+    Under greedy decoding (``temperature=0``) the text is exactly the target's own: the target verifies every
+    drafted token and keeps only those it would have chosen. A draft with another vocabulary is refused first."""
+    import torch
+
+    extra = draft_kwargs(draft_model, draft_k) if draft_model is not None else {}
+    kw = generation_kwargs(tokenizer, **gen, **extra)
+    if draft_model is not None:
+        check_draft(model, draft_model)
+    enc = tokenizer(prompt, return_tensors="pt", add_special_tokens=add_special_tokens).to(_device(model))
+    target_count, h1 = _count_calls(model)
+    draft_count, h2 = _count_calls(draft_model) if draft_model is not None else ([0], None)
+    try:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(**enc, **kw)
+        seconds = time.perf_counter() - start
+    finally:
+        h1.remove()
+        if h2 is not None:
+            h2.remove()
+    new = out[0, enc["input_ids"].shape[1]:]
+    text = cut_at_stop(tokenizer.decode(new, skip_special_tokens=True), stop)
+    return Speculation(text, int(new.shape[0]), target_count[0], draft_count[0], seconds)

@@ -2,20 +2,27 @@
 
     python -m helpers.infer --base_model DIR [--lora_model DIR] [--tokenizer_path DIR] --with_prompt --interactive
     python -m helpers.infer --base_model DIR --with_prompt --data_file q.txt --predictions_file out/pred.json
+    python -m helpers.infer --base_model 7B_DIR --draft_base_model 1.3B_DIR --with_prompt --interactive
+    python -m helpers.infer --base_model 16K_DIR --alpha 2 ...      (NTK: a longer context, helpers.modeling)
 
 Same flags and defaults as the original (temperature 0.2, top_k 40, top_p 0.9, repetition_penalty 1.1,
 max_new_tokens 400). Differences: file mode is batched with left padding (``--batch_size``, outputs equal
 to one-at-a-time under greedy decoding), the interactive mode streams its answer, ``--template`` picks a
 chat family from :mod:`helpers.prompts` (default ``alpaca``, the 1st-generation Chinese-Alpaca template).
+``--alpha`` (NTK rope scaling) is set through transformers' rope parameters (:func:`helpers.modeling.ntk_rope_parameters`),
+not the original's patch. Speculative decoding (the original ``--speculative_sampling --draft_base_model ...
+--draft_k``; ``--draft_model`` is accepted as a shorter name) is transformers' assisted generation
+(:mod:`helpers.generation`): same output as the target alone under greedy decoding, one prompt at a time.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 from .core import CourseError, cli_main
-from .generation import GENERATION_DEFAULTS, generate, generation_kwargs, stream
+from .generation import GENERATION_DEFAULTS, check_draft, draft_kwargs, generate, generation_kwargs, stream
 from .io import write_json
 from .modeling import add_model_arguments, apply_model_arguments, load_model
 from .prompts import build_prompt, get_family, render, stop_strings
@@ -101,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--predictions_file", default="./predictions.json")
     p.add_argument("--template", default="alpaca", help="prompt family for --with_prompt (helpers.prompts)")
     p.add_argument("--batch_size", type=int, default=8, help="file mode: prompts per batch (left padding)")
+    p.add_argument("--speculative_sampling", action="store_true",
+                   help="speculative decoding with --draft_base_model (implied when a draft model is given)")
+    p.add_argument("--draft_base_model", "--draft_model", dest="draft_base_model", default=None,
+                   help="draft model for speculative decoding, same vocabulary (e.g. hfl/chinese-alpaca-2-1.3b)")
+    p.add_argument("--draft_lora_model", default=None, help="LoRA applied on the draft model")
+    p.add_argument("--draft_k", type=int, default=-1,
+                   help="tokens the draft proposes per round; <= 0: adaptive from 4 (+2 / -1)")
     for name, typ in (("max_new_tokens", int), ("temperature", float), ("top_k", int), ("top_p", float),
                       ("repetition_penalty", float)):
         p.add_argument(f"--{name}", type=typ, default=None,
@@ -114,9 +128,18 @@ def _run(args) -> int:
     if args.batch_size < 1:
         raise CourseError("--batch_size must be >= 1")
     options = apply_model_arguments(args)
+    if args.speculative_sampling and not args.draft_base_model:
+        raise CourseError("--speculative_sampling needs a draft model: pass --draft_base_model DIR (same vocabulary "
+                          "as --base_model, e.g. hfl/chinese-alpaca-2-1.3b for hfl/chinese-alpaca-2-7b)")
     instructions = read_instructions(args.data_file) if args.data_file and not args.interactive else None
     model, tokenizer = load_model(args.base_model, args.lora_model, args.tokenizer_path, **options)
     gen = {k: getattr(args, k) for k in ("max_new_tokens", "temperature", "top_k", "top_p", "repetition_penalty")}
+    if args.draft_base_model:
+        draft_options = {k: v for k, v in options.items() if k in ("device", "alpha")}  # the draft: unquantized
+        draft, _ = load_model(args.draft_base_model, args.draft_lora_model, **draft_options)
+        check_draft(model, draft)  # refused before anything is generated
+        gen.update(draft_kwargs(draft, args.draft_k))
+        print(f"speculative decoding: {args.draft_base_model} drafts for {args.base_model}", flush=True)
     if args.interactive:
         interactive(model, tokenizer, args.with_prompt, args.template, **gen)
         return 0
@@ -125,7 +148,8 @@ def _run(args) -> int:
                       batch_size=args.batch_size, progress=True, **gen)
     for i, r in enumerate(results):
         print(f"======={i}=======\nInput: {r['Input']}\n\nOutput: {r['Output']}\n")
-    config = {k: v for k, v in generation_kwargs(tokenizer, **gen).items() if k not in ("pad_token_id", "eos_token_id")}
+    config = {k: v for k, v in generation_kwargs(tokenizer, **gen).items()
+              if k not in ("pad_token_id", "eos_token_id", "assistant_model")}
     path = write_predictions(results, args.predictions_file, config)
     print(f"wrote {path} and {path.parent / 'generation_config.json'}")
     return 0
@@ -138,3 +162,69 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------- long context: rope scaling, taught
+ROPE_METHODS = ("rope", "pi", "ntk", "dynamic", "yarn")
+
+
+def rope_inv_freq(method: str, head_dim: int = 128, theta: float = 10000.0, factor: float = 4.0,
+                  context: int = 4096, seq_len: int | None = None):
+    """Rotary inverse frequencies (radians per position, one per dimension pair) of a context-extension method;
+    returns a float64 numpy array of ``head_dim // 2``. Written from the papers' formulas so the notebook shows
+    the maths (transformers' ``ROPE_INIT_FUNCTIONS`` is the test's reference):
+
+    - ``rope``: ``theta ** (-2i/d)``; ``pi`` (position interpolation, linear): divided by ``factor``;
+    - ``ntk`` (fixed alpha = ``factor``): base ``theta * factor ** (d/(d-2))``;
+    - ``dynamic`` (NTK by length): base ``theta * (factor * L / C - (factor - 1)) ** (d/(d-2))`` once ``L =
+      seq_len`` exceeds ``C = context``, plain rope before;
+    - ``yarn``: pairs turning fewer than 1 time over ``C`` are interpolated (/``factor``), more than 32 times kept,
+      a linear ramp between (pair indices rounded outwards, as the YaRN reference code does).
+    """
+    import numpy as np
+
+    if method not in ROPE_METHODS:
+        raise CourseError(f"method {method!r}: choose one of {ROPE_METHODS}")
+    d = head_dim
+    i = np.arange(0, d, 2, dtype=np.float64) / d  # 2i/d
+    base = theta
+    if method == "ntk":
+        base = theta * factor ** (d / (d - 2))
+    elif method == "dynamic" and seq_len is not None and seq_len > context:
+        base = theta * (factor * seq_len / context - (factor - 1)) ** (d / (d - 2))
+    inv = 1.0 / base ** i
+    if method == "pi":
+        inv = inv / factor
+    elif method == "yarn":
+        def pair_index(rotations: float) -> float:  # the pair whose wavelength fits `rotations` times in C
+            return d * math.log(context / (rotations * 2 * math.pi)) / (2 * math.log(theta))
+
+        low, high = max(math.floor(pair_index(32)), 0), min(math.ceil(pair_index(1)), d - 1)
+        ramp = np.clip((np.arange(d // 2) - low) / max(high - low, 1e-3), 0, 1)  # 0: keep, 1: interpolate
+        inv = inv * (1 - ramp) + inv / factor * ramp
+    return inv
+
+
+def plot_rope_scaling(head_dim: int = 128, theta: float = 10000.0, context: int = 4096, factor: float = 4.0):
+    """A matplotlib figure comparing the methods for a model trained on ``context`` tokens extended ``factor``
+    times: left, the wavelength (positions per full turn) of every dimension pair; right, the angle of the slowest
+    pair against position, with the largest angle seen in training. Returns the figure."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    long = int(context * factor)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.8))
+    positions = np.linspace(0, long, 200)
+    for method in ROPE_METHODS:
+        inv = rope_inv_freq(method, head_dim, theta, factor, context, seq_len=long)
+        left.plot(2 * np.pi / inv, label=method)
+        right.plot(positions, positions * inv[-1], label=method)
+    left.axhline(context, color="gray", ls=":", lw=1)
+    left.set(yscale="log", xlabel="dimension pair i", ylabel="wavelength (positions)",
+             title=f"wavelengths (trained on {context}, target {long})")
+    right.axhline(context * rope_inv_freq("rope", head_dim, theta)[-1], color="gray", ls=":", lw=1,
+                  label="max angle in training")
+    right.set(xlabel="position", ylabel="angle of the slowest pair (rad)", title="slowest pair: angle vs position")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -28,14 +28,17 @@ class ChatEngine:
 
     ``adapters`` maps a display name to a LoRA folder (``None`` = the base model alone). ``loader`` is
     :func:`helpers.modeling.load_model` (replaceable in tests). ``template`` ``None`` guesses the chat family
-    from the adapter/base folder name, falling back to ``alpaca``.
+    from the adapter/base folder name, falling back to ``alpaca``. ``alpha`` is ``--alpha`` (NTK rope scaling,
+    :func:`helpers.modeling.ntk_rope_parameters`), passed to the loader on every (re)load.
     """
 
     def __init__(self, base_model: str | Path, adapters: dict[str, str | Path | None] | None = None,
                  tokenizer_path: str | Path | None = None, template: str | None = None, device: str | None = None,
-                 load_in_8bit: bool = False, loader=None, load_in_4bit: bool = False):
+                 load_in_8bit: bool = False, loader=None, load_in_4bit: bool = False,
+                 alpha: float | str | None = None):
         self.base_model, self.tokenizer_path, self.device = base_model, tokenizer_path, device
         self.load_in_8bit, self.load_in_4bit = load_in_8bit, load_in_4bit
+        self.alpha = alpha  # --alpha (NTK rope scaling), kept for every adapter reload
         self.adapters = dict(adapters) if adapters else {NO_LORA: None}
         self.fixed_template = template
         self.loader = loader or load_model
@@ -68,7 +71,7 @@ class ChatEngine:
                 self.model, self.tokenizer = self.loader(
                     self.base_model, self.adapters[name],
                     self.tokenizer_path, device=self.device, load_in_8bit=self.load_in_8bit,
-                    load_in_4bit=self.load_in_4bit)
+                    load_in_4bit=self.load_in_4bit, **({"alpha": self.alpha} if self.alpha is not None else {}))
                 self.current = name
                 self.template = self.guess_template(name)
         return f"loaded **{name}** · vocab {len(self.tokenizer)} · template `{self.template}`"

@@ -402,3 +402,17 @@ def test_disconnect_cancels_a_non_streaming_request(server, tiny_base):
     t0 = time.time()
     r = httpx.post(f"{server}/v1/chat/completions", json={**body, "max_tokens": 4}, timeout=30)
     assert r.status_code == 200 and time.time() - t0 < 5
+
+
+def test_alpha_flag_reaches_the_model_and_the_context(tiny_base):
+    """``python -m helpers.api --alpha auto``: dynamic NTK in the served model, and the server accepts 4x the
+    trained context (helpers.modeling.ntk_context)."""
+    from helpers.api.launcher import build_app_from_args, build_parser
+
+    app = build_app_from_args(build_parser().parse_args(["--base_model", str(tiny_base), "--only_cpu",
+                                                         "--alpha", "auto"]))
+    engine = app.state.engine
+    assert engine.model.config.rope_parameters == {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    assert engine.context_length == 4 * 1024
+    plain = build_app_from_args(build_parser().parse_args(["--base_model", str(tiny_base), "--only_cpu"]))
+    assert plain.state.engine.context_length == 1024

@@ -191,3 +191,117 @@ def test_load_in_8bit_on_cpu_is_a_clear_error(tiny_model):
 
     with pytest.raises(CourseError, match="CUDA"):
         load_model(tiny_model[0], device="cpu", load_in_8bit=True)
+
+
+# --------------------------------------------------------------------------- long context (rope scaling), --alpha
+def _hf_inv_freq(rope_parameters, head_dim=128, context=4096, seq_len=None):
+    """Reference: transformers' own ROPE_INIT_FUNCTIONS for a LLaMA config with these rope parameters."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cfg = LlamaConfig(hidden_size=head_dim * 4, num_attention_heads=4, max_position_embeddings=context,
+                      rope_parameters=rope_parameters)
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    kind = rope_parameters["rope_type"]
+    if kind == "default":
+        return LlamaRotaryEmbedding(cfg).inv_freq.double().numpy()
+    inv, _ = ROPE_INIT_FUNCTIONS[kind](cfg, "cpu", seq_len=seq_len)
+    return inv.double().numpy()
+
+
+@pytest.mark.parametrize("method,params,seq_len", [
+    ("rope", {"rope_type": "default", "rope_theta": 10000.0}, None),
+    ("pi", {"rope_type": "linear", "factor": 4.0, "rope_theta": 10000.0}, None),
+    ("ntk", {"rope_type": "default", "rope_theta": 10000.0 * 4.0 ** (128 / 126)}, None),
+    ("dynamic", {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}, 3 * 4096),
+    ("dynamic", {"rope_type": "dynamic", "factor": 4.0, "rope_theta": 10000.0}, 2048),
+    ("yarn", {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0, "original_max_position_embeddings": 4096},
+     None),
+])
+def test_rope_frequencies_match_transformers(method, params, seq_len):
+    ours = infer.rope_inv_freq(method, 128, 10000.0, 4.0, 4096, seq_len=seq_len)
+    context = 4 * 4096 if method == "yarn" else 4096
+    ref = _hf_inv_freq(params, context=context, seq_len=seq_len)
+    assert ours.shape == ref.shape == (64,)
+    assert abs(ours / ref - 1).max() < 1e-5
+
+
+def test_rope_plot_and_bad_method():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    fig = infer.plot_rope_scaling()
+    assert len(fig.axes) == 2 and len(fig.axes[0].lines) == len(infer.ROPE_METHODS) + 1
+    with pytest.raises(CourseError, match="method 'xpos'"):
+        infer.rope_inv_freq("xpos")
+
+
+def _spy_load(monkeypatch, module):
+    """Wrap ``module.load_model``: the models it returned, in order."""
+    from helpers import modeling
+
+    loaded = []
+
+    def spy(*a, **kw):
+        out = modeling.load_model(*a, **kw)
+        loaded.append(out[0])
+        out[0].forward_calls = 0
+
+        def count(module, args, output):
+            module.forward_calls += 1
+
+        out[0].register_forward_hook(count)
+        return out
+
+    monkeypatch.setattr(module, "load_model", spy)
+    return loaded
+
+
+def test_alpha_flag_reaches_the_model(tiny_model, tmp_path, monkeypatch, capsys):
+    base, _ = tiny_model
+    loaded = _spy_load(monkeypatch, infer)
+    data = tmp_path / "q.txt"
+    data.write_text("hello\n", encoding="utf-8")
+    argv = ["--base_model", str(base), "--only_cpu", "--data_file", str(data), "--predictions_file",
+            str(tmp_path / "p.json"), "--max_new_tokens", "2", "--temperature", "0"]
+    assert infer.main(argv + ["--alpha", "2"]) == 0
+    assert loaded[-1].config.rope_parameters["rope_theta"] == pytest.approx(10000.0 * 2 ** (16 / 14))
+    assert infer.main(argv + ["--alpha", "auto"]) == 0
+    assert loaded[-1].config.rope_parameters["rope_type"] == "dynamic"
+    capsys.readouterr()
+    assert infer.main(argv + ["--alpha", "fast"]) == 2
+    assert capsys.readouterr().err.startswith("error: --alpha fast:")
+
+
+def test_draft_model_flag_gives_the_targets_greedy_answers(tmp_path, monkeypatch, capsys):
+    from helpers import tiny
+
+    paths = tiny.speculative_pair()
+    data = tmp_path / "q.txt"
+    data.write_text("hello\nOnce upon a time\n", encoding="utf-8")
+    argv = ["--base_model", str(paths["target"]), "--only_cpu", "--data_file", str(data), "--max_new_tokens", "12",
+            "--temperature", "0"]
+    assert infer.main(argv + ["--predictions_file", str(tmp_path / "alone.json")]) == 0
+    loaded = _spy_load(monkeypatch, infer)
+    assert infer.main(argv + ["--predictions_file", str(tmp_path / "spec.json"), "--draft_model",
+                              str(paths["draft"]), "--draft_k", "3"]) == 0
+    alone, spec = (json.loads((tmp_path / f).read_text(encoding="utf-8")) for f in ("alone.json", "spec.json"))
+    assert spec == alone and "speculative decoding" in capsys.readouterr().out
+    target, draft = loaded  # the draft really drafted, 3 tokens a round: the target ran fewer passes than tokens
+    assert draft.config.num_hidden_layers == 1 and draft.forward_calls > 0
+    assert target.forward_calls < 2 * 12
+    assert infer.main(argv + ["--speculative_sampling"]) == 2
+    assert "--draft_base_model" in capsys.readouterr().err
+    other = tiny_hf()
+    capsys.readouterr()
+    assert infer.main(argv + ["--draft_base_model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "error: --draft_base_model" in err and "has 1000" in err and "Traceback" not in err
+
+
+def tiny_hf():
+    """A draft whose vocabulary differs from the target's (1000): the merged tiny Chinese-Alpaca (extended)."""
+    from helpers import tiny
+
+    return tiny.merged_model("alpaca")

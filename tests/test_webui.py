@@ -234,3 +234,19 @@ def test_template_of_a_hub_snapshot_comes_from_the_model_table():
     engine.fixed_template, engine.adapters = None, {webui.NO_LORA: None}
     engine.base_model = "/hf/hub/models--hfl--chinese-alpaca-2-1.3b/snapshots/4f1c2b"
     assert engine.guess_template(webui.NO_LORA) == "chinese-alpaca-2"
+
+
+def test_alpha_flag_reaches_the_model_through_the_cli(tiny_model, monkeypatch):
+    """``python -m helpers.webui --alpha 2``: the engine's model gets the NTK base (10000 * 2 ** (16/14), d = 16),
+    also after an adapter switch reloads it."""
+    base, loras = tiny_model
+    seen = {}
+    monkeypatch.setattr(webui, "create_ui", lambda engine: seen.setdefault("engine", engine))
+    monkeypatch.setattr(webui, "launch", lambda *a, **k: None)
+    assert webui.main(["--base_model", str(base), "--lora_model", f"{loras['alpaca']},{loras['llama']}",
+                       "--only_cpu", "--alpha", "2"]) == 0
+    engine = seen["engine"]
+    theta = 10000.0 * 2 ** (16 / 14)
+    assert engine.model.config.rope_parameters["rope_theta"] == pytest.approx(theta)
+    engine.load(list(engine.adapters)[1])
+    assert engine.model.config.rope_parameters["rope_theta"] == pytest.approx(theta)

@@ -18,7 +18,7 @@ import uvicorn
 
 from ..catalog import repo_of, template_or_default
 from ..core import REPO_ROOT, CourseError, cli_main
-from ..modeling import add_model_arguments, apply_model_arguments, load_model
+from ..modeling import add_model_arguments, apply_model_arguments, load_model, ntk_context
 from ..net import free_port
 from ..prompts import get_family
 from .app import create_app
@@ -178,8 +178,10 @@ def build_app_from_args(args: argparse.Namespace):
         raise CourseError(f"{flags}: cannot load the model ({e}); check the paths") from e
     source = str(args.lora_model or args.base_model)
     name = args.model_name or Path(repo_of(source)).name or "chinese-alpaca"
+    # --alpha (NTK) lengthens the context the server accepts (helpers.modeling.ntk_context)
+    context = ntk_context(model.config, options["alpha"]) if "alpha" in options else None
     return create_app(model, tokenizer, model_name=name, api_key=args.api_key,
-                      template=template_or_default(source, args.template))
+                      template=template_or_default(source, args.template), context_length=context)
 
 
 def _serve(args: argparse.Namespace) -> int:
