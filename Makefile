@@ -12,7 +12,7 @@ export GRADIO_ANALYTICS_ENABLED := False
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUTF8 := 1
 
-.PHONY: venv course test test-helpers test-notebooks rehearse standin lab strip browser bench clean
+.PHONY: venv course book test test-helpers test-notebooks rehearse standin lab strip browser bench clean
 
 venv: $(STAMP)
 
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0
 	# everything: the light set + [test] + [export] + [lab] (Colab/AutoDL take the light set: README)
 	# [export]'s llama-cpp-python compiles llama.cpp (~4-8 min on 2 cores); the multimodal part is not needed
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" $(PY) -m pip install --quiet -e ".[test,export,lab]"
+	CMAKE_ARGS="-DLLAVA_BUILD=OFF" DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[test,export,lab,train]"
 	# fastllm runtime for step 11: its wheel carries a CPU library; --no-deps skips its CUDA runtime wheels
 	$(PY) -m pip install --quiet --no-deps ftllm==1.9.0
 	touch $(STAMP)
@@ -31,6 +31,11 @@ $(STAMP): pyproject.toml
 ## Execute every notebook headless (tiny profile); executed copies go to build/executed/.
 course: venv
 	$(PY) -m helpers.course run --profile tiny --out build/executed
+
+## Static HTML site of the executed notebooks (tiny) + docs/, with navigation; every relative link checked.
+## Open build/book/index.html in a browser (no server needed).
+book: course
+	$(PY) -m helpers.book --executed build/executed --out build/book
 
 ## helpers tests (pytest) + every notebook under nbval.
 test: venv browser
@@ -47,7 +52,7 @@ test-notebooks: venv
 rehearse: standin
 	$(PY) -m helpers.course rehearse $(REHEARSE_FLAGS)
 
-## Build (or check) the stand-in hub in <workspace>/standin-hub (8.3 GB; reused while up to date).
+## Build (or check) the stand-in hub in <workspace>/standin-hub (~10 GB; reused while up to date).
 standin: venv
 	$(PY) -m helpers.standin build
 

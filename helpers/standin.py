@@ -65,6 +65,7 @@ DEFAULT_REPOS = (
     "hfl/chinese-llama-2-1.3b",
     "hfl/chinese-alpaca-2-1.3b",
     "meta-llama/Llama-2-7b-hf",
+    "hfl/chinese-alpaca-2-7b",  # notebook 05: the 7B target the 1.3B drafts for (2 of 32 layers)
     "hfl/chinese-alpaca-2-lora-7b",
     "hfl/chinese-alpaca-2-7b-16k",
     "BAAI/bge-small-zh-v1.5",
@@ -959,7 +960,7 @@ def require(cache_dir: str | Path | None = None, repos=DEFAULT_REPOS) -> Path:
     if bad:
         flag = f" --cache_dir {cache}" if cache_dir else ""
         what = ", ".join(f"{r} ({s})" for r, s in bad.items())
-        raise StandinError(f"the stand-in hub in {cache} is not ready: {what}. Build it (about 8.3 GB of disk, "
+        raise StandinError(f"the stand-in hub in {cache} is not ready: {what}. Build it (about 10 GB of disk, "
                            f"about a minute): {BUILD_COMMAND}{flag}")
     return cache
 
