@@ -77,6 +77,10 @@ _SHARDED_BIN = ("pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-0000
 _SHARDED_BIN_3 = tuple(f"pytorch_model-0000{i}-of-00003.bin" for i in (1, 2, 3)) + ("pytorch_model.bin.index.json",)
 _SHARDED_ST = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json")
 _16K = {"rope_scaling": {"type": "linear", "factor": 4.0}}
+_64K = {"max_position_embeddings": 65536, "pad_token_id": None,  # the 64K config.json names no pad token
+        "rope_scaling": {"type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096, "finetuned": True}}
+_64K_NOTE = "YaRN: rope_scaling yarn x16 over the original 4096 positions -> 64K context; needs no --alpha"
+_YARN_CODE = ("configuration_llama.py", "modeling_llama_yarn.py")
 _LORA_7B = dict(r=64, lora_alpha=128, lora_dropout=0.05, target_modules=list(LORA_TARGETS),
                 modules_to_save=["embed_tokens", "lm_head"])
 
@@ -96,6 +100,12 @@ MODELS: dict[str, RealModel] = {m.repo_id: m for m in [
            notes="position interpolation: rope_scaling linear x4 -> 16K context"),
     _llama("hfl/chinese-alpaca-2-7b-16k", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN, config=_16K,
            notes="position interpolation: rope_scaling linear x4 -> 16K context"),
+    # 64K (YaRN): config.json of hfl/chinese-llama-2-7b-64k; its auto_map points at a remote modeling_llama_yarn.py,
+    # not needed here: transformers >= 4.45 implements rope_type "yarn" itself (the course keeps trust_remote_code off)
+    _llama("hfl/chinese-llama-2-7b-64k", "base", "llama", _7B, weights=_SHARDED_BIN, config=_64K,
+           extra_files=_SHARDED_ST + _YARN_CODE, notes=_64K_NOTE),
+    _llama("hfl/chinese-alpaca-2-7b-64k", "chat", "chinese-alpaca-2", _7B, weights=_SHARDED_BIN, config=_64K,
+           extra_files=_SHARDED_ST + _YARN_CODE, notes=_64K_NOTE),
     _llama("meta-llama/Llama-2-7b-hf", "base", "llama", _7B, vocab=LLAMA_VOCAB, weights=_SHARDED_ST,
            config={"pad_token_id": None},  # Meta's config.json names no pad token
            extra_files=_SHARDED_BIN, gated=True, licence=LLAMA2_LICENCE,
@@ -126,6 +136,7 @@ ROLES = {
     "alpaca": "hfl/chinese-alpaca-2-1.3b",
     "alpaca_7b": "hfl/chinese-alpaca-2-7b",
     "alpaca_16k": "hfl/chinese-alpaca-2-7b-16k",
+    "alpaca_64k": "hfl/chinese-alpaca-2-7b-64k",
     "llama2_base": "meta-llama/Llama-2-7b-hf",
     "alpaca_lora": "hfl/chinese-alpaca-2-lora-7b",
     "embedding": "BAAI/bge-small-zh-v1.5",
@@ -221,26 +232,29 @@ def step_needs(repo: str) -> list[Need]:
     """Per-notebook needs for ``repo`` in the real profile, estimated from its parameter count (fp16 weights).
 
     Rules (estimates, said so in the table): inference = weights x 1.2 (KV cache, activations at 4K tokens);
-    streaming merge/convert RAM = the largest shard + 1 GiB; LoRA training = weights + 16 bytes per trainable
-    parameter (fp32 master, grad, two AdamW moments) + 2 GiB activations with gradient checkpointing.
+    streaming merge RAM = the largest shard + 1 GiB; convert (not streaming) = 2x weights + 1 GiB; LoRA training
+    (r=64 on the 7 projections, as step 07's real run) = weights + 16 bytes per trainable parameter (fp32 master,
+    grad, two AdamW moments) + 2 GiB activations with gradient checkpointing.
     """
     m = get(repo)
     w = weights_gib(m.config)
     b = param_count(m.config) / 1e9
-    lora = lora_param_count(m.config, 64) * 16 / GIB
+    lora = lora_param_count(m.config, 64, modules_to_save=()) * 16 / GIB   # step 07's real run: no new vocabulary
+    lora_emb = lora_param_count(m.config, 64) * 16 / GIB
     gguf_f16, gguf_q4 = w, param_count(m.config) * 4.5 / 8 / GIB
     name = m.short_name
     return [
-        Need("02_convert_llama", name, 0, round(w / 2 + 1, 1), round(2 * w, 1), f"~{max(1, round(b))} min (disk bound)",
-             notes="pth shards + HF copy on disk"),
-        Need("03_extend_vocab", name, 0, 2, 0.01, "5-30 min (SentencePiece on your corpus)"),
+        Need("02_convert_llama", name, 0, round(2 * w + 1, 1), round(2 * w, 1), f"~{max(1, round(b))} min (disk bound)",
+             notes="not streaming: shards + permuted copy in RAM (1-2x weights); pth + HF copy on disk"),
+        Need("03_extend_vocab", name, 0, 1, 0.01, "~1 min (SentencePiece on ~350K words: ~12 s, P3)"),
         Need("04_merge_lora", name, 0, round(w / 2 + 1, 1), round(w, 1), f"~{max(1, round(b * 0.6))} min",
              notes="streaming: one shard resident"),
         Need("05_inference", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "seconds per answer",
              notes=f"8-bit: {w / 2 * 1.2:.1f} GiB, 4-bit: {w / 4 * 1.2:.1f} GiB"),
         Need("06_webui", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "interactive"),
         Need("07_pretrain_and_sft_lora", name, round(w + lora + 2, 1), round(w + 2, 1), round(lora / 8 + 0.1, 1),
-             "hours (100 steps of 8x512 tokens: ~10-30 min)", notes="LoRA r=64 + embeddings; QLoRA 4-bit saves "
+             "hours (100 steps of 8x512 tokens: ~10-30 min)", notes="LoRA r=64 only (vocabulary unchanged, as 07 "
+             f"runs it); training embed_tokens/lm_head too: +{lora_emb - lora:.1f} GiB; QLoRA 4-bit saves "
              f"{w * 0.75:.1f} GiB"),
         Need("08_langchain_qa", name, round(w * 1.2 + 0.2, 1), round(w + 1, 1), round(w + 0.1, 1),
              "seconds per question", notes="+ bge-small-zh embedding (0.1 GiB)"),
@@ -248,6 +262,8 @@ def step_needs(repo: str) -> list[Need]:
         Need("10_openai_api", name, round(w * 1.2, 1), round(w + 1, 1), round(w, 1), "serving"),
         Need("11_export_deploy", name, 0, round(w / 2 + 1, 1), round(gguf_f16 + gguf_q4 + w, 1),
              f"~{max(1, round(b))} min per format", notes="f16 GGUF + q4 GGUF beside the HF folder"),
+        Need("12_evaluate", name, round(w * 1.2, 1), round(w + 1, 1), round(w + 0.1, 1),
+             "minutes (C-Eval val: 1346 questions, one forward each)", notes="+ C-Eval/CMMLU data (~0.1 GiB)"),
     ]
 
 
@@ -273,3 +289,56 @@ def facts_table():
                      "fp16_GiB": round(weights_gib(c), 1) if m.kind in ("base", "chat") else "-",
                      "gated": m.gated})
     return pd.DataFrame(rows).set_index("repo")
+
+
+# --------------------------------------------------------------------------- which merge each release needs
+@dataclass(frozen=True)
+class MergeRecipe:
+    """How one released model family is rebuilt from LoRAs: ``loras`` go onto ``base`` in this order (one LoRA:
+    the single merge; several: the ordered multi-LoRA merge, order as trained). ``vocab`` = the merged vocabulary."""
+
+    model: str
+    generation: str                            # v1 (LLaMA) | v2 (Llama-2)
+    base: str
+    loras: tuple[str, ...]
+    vocab: int
+    source: str
+
+    @property
+    def merge(self) -> str:
+        return "single" if len(self.loras) == 1 else "ordered multi-LoRA"
+
+
+V1_VOCAB = {"llama": 49953, "alpaca": 49954}   # Chinese-LLaMA / Chinese-Alpaca (v1): 32000 + 20K Chinese (+ [PAD])
+_V1_BASE = "original LLaMA, HF format (step 02)"
+MERGE_RECIPES: tuple[MergeRecipe, ...] = (
+    MergeRecipe("Chinese-LLaMA", "v1", _V1_BASE, ("chinese_llama_lora_7b",), V1_VOCAB["llama"], "seed 002 step 3, way 1"),
+    MergeRecipe("Chinese-LLaMA-Plus", "v1", _V1_BASE, ("chinese_llama_plus_lora_7b",), V1_VOCAB["llama"],
+                "seed 002 step 3, way 1"),
+    MergeRecipe("Chinese-Alpaca", "v1", _V1_BASE, ("chinese_alpaca_lora_7b",), V1_VOCAB["alpaca"],
+                "seed 002 step 3, way 1; 7.1.1: non-Plus Alpaca sits on the original LLaMA"),
+    MergeRecipe("Chinese-Alpaca-Plus", "v1", _V1_BASE, ("chinese_llama_plus_lora_7b", "chinese_alpaca_plus_lora_7b"),
+                V1_VOCAB["alpaca"], "seed 002 step 3, way 2 and 8.1.1: LLaMA-Plus-LoRA first, then Alpaca-Plus-LoRA"),
+    *(MergeRecipe(m.short_name.replace("-lora", ""), "v2", m.base, (m.repo_id,), m.vocab_size,
+                  "Chinese-LLaMA-Alpaca-2: each LoRA merges onto the original Llama-2 (full models need no merge)")
+      for m in MODELS.values() if m.kind == "lora"),
+)
+
+
+def merge_recipe(model: str) -> MergeRecipe:
+    """The :class:`MergeRecipe` of a released model name (``Chinese-Alpaca-Plus``, ``chinese-alpaca-2-7b``, ...)."""
+    for r in MERGE_RECIPES:
+        if r.model.lower() == model.lower():
+            return r
+    raise CourseError(f"model {model!r} has no merge recipe in helpers.catalog.MERGE_RECIPES: choose one of "
+                      f"{[r.model for r in MERGE_RECIPES]}")
+
+
+def merge_table():
+    """:data:`MERGE_RECIPES` as a DataFrame (notebook 04): model, single or ordered merge, base, LoRAs in order."""
+    import pandas as pd
+
+    rows = [{"model": r.model, "generation": r.generation, "merge": r.merge, "base": r.base,
+             "--lora_model (in this order)": ",".join(r.loras), "vocab": r.vocab, "source": r.source}
+            for r in MERGE_RECIPES]
+    return pd.DataFrame(rows).set_index("model")

@@ -8,10 +8,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import platform
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,7 +26,8 @@ NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 COURSE = [
     "00_overview", "01_crawl_prompts", "02_convert_llama", "03_extend_vocab", "04_merge_lora", "05_inference",
     "06_webui", "07_pretrain_and_sft_lora", "08_langchain_qa", "09_langchain_summarize", "10_openai_api",
-    "11_export_deploy",
+    "11_export_deploy", "12_evaluate",
+    "13_troubleshooting",  # appendix (issue 18)
 ]
 
 
@@ -138,41 +141,105 @@ class PeakMemory:
         return round(self.tree_kib / 2**20, 2)
 
 
+# Environment of the kernels `run` starts: debugpy's "frozen modules" warning off (PYDEVD_DISABLE_FILE_VALIDATION).
+KERNEL_ENV = {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
+LOG_TAIL = 25  # lines of a failed notebook's kernel log printed under its FAILED line
+# Kernel log lines never worth showing, even under a failure (a learner cannot act on them).
+KERNEL_NOISE = ("Kernel is running over TCP without encryption", "Debugger warning:", "frozen_modules",
+                "PYDEVD_DISABLE_FILE_VALIDATION", "Debugging will proceed")
+
+
+@contextlib.contextmanager
+def kernel_output_to(log: Path):
+    """Send everything written to this process's file descriptors 1 and 2 while the block runs -- and so the
+    stdout/stderr of the kernel it starts and of the servers the kernel starts (they inherit them) -- to ``log``.
+
+    The kernel's own log lines ("Kernel is running over TCP without encryption"), C libraries printing from inside
+    the kernel (llama.cpp's loader) and server access logs are noise a learner cannot act on; cell outputs are not
+    affected (they travel over the kernel protocol into the executed notebook). Yields the log path.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(log, "wb") as f:
+        try:
+            os.dup2(f.fileno(), 1)
+            os.dup2(f.fileno(), 2)
+            yield log
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def _tail(log: Path, n: int = LOG_TAIL) -> str:
+    """The last ``n`` lines of ``log`` without :data:`KERNEL_NOISE`, indented for the terminal ("" when none)."""
+    lines = log.read_text(encoding="utf-8", errors="replace").strip().splitlines() if log.is_file() else []
+    lines = [line for line in lines if line.strip() and not any(noise in line for noise in KERNEL_NOISE)][-n:]
+    return "\n".join("    " + line for line in lines)
+
+
 def run(paths: list[Path], profile: str = "tiny", out_dir: Path | None = None, timeout: int = 900,
         memory: bool = False) -> list[dict]:
     """Execute notebooks headless with papermill (``PROFILE`` injected); returns per-notebook timings
-    (and, with ``memory``, the peak RSS of the kernel and of all processes it started)."""
+    (and, with ``memory``, the peak RSS of the kernel and of all processes it started).
+
+    Prints one line per notebook. The kernel's stdout/stderr go to ``<out_dir>/<notebook>.log`` (see
+    :func:`kernel_output_to`); when a notebook fails, the failing cell's error and the log's last lines are printed.
+    """
     import papermill as pm
 
     # papermill logs "Unable to parse line" for parameters with trailing comments; the values are still injected
     logging.getLogger("papermill.translators").setLevel(logging.ERROR)
     out_dir = Path(out_dir or REPO_ROOT / "build" / "executed")
     out_dir.mkdir(parents=True, exist_ok=True)
+    saved_env = {k: os.environ.get(k) for k in KERNEL_ENV}
+    os.environ.update(KERNEL_ENV)
     results = []
-    for path in paths:
-        start = time.perf_counter()
-        status = "ok"
-        watch = PeakMemory() if memory else None
-        try:
-            if watch:
-                watch.__enter__()
+    try:
+        for path in paths:
+            results.append(_run_one(pm, Path(path), profile, out_dir, timeout, memory))
+    finally:
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return results
+
+
+def _run_one(pm, path: Path, profile: str, out_dir: Path, timeout: int, memory: bool) -> dict:
+    """Execute one notebook (see :func:`run`); prints its line and returns its row."""
+    start = time.perf_counter()
+    status, detail = "ok", ""
+    watch = PeakMemory() if memory else None
+    log = out_dir / f"{path.stem}.log"
+    try:
+        if watch:
+            watch.__enter__()
+        with kernel_output_to(log):
             pm.execute_notebook(str(path), str(out_dir / path.name), parameters={"PROFILE": profile},
                                 cwd=str(path.parent), kernel_name="python3", progress_bar=False,
                                 execution_timeout=timeout)
-        except Exception as e:  # papermill raises PapermillExecutionError with the failing cell
-            status = f"FAILED: {type(e).__name__}: {str(e).strip().splitlines()[-1][:200] if str(e).strip() else ''}"
-        finally:
-            if watch:
-                watch.__exit__(None, None, None)
-        seconds = time.perf_counter() - start
-        row = {"notebook": path.name, "seconds": round(seconds, 1), "status": status}
-        mem = ""
+    except Exception as e:  # papermill raises PapermillExecutionError with the failing cell
+        text = str(e).strip()
+        status = f"FAILED: {type(e).__name__}: {text.splitlines()[-1][:200] if text else ''}"
+        tail = _tail(log)
+        detail = f"\n  kernel log {log} (last lines):\n{tail}" if tail else ""
+    finally:
         if watch:
-            row.update(peak_rss_gib=watch.kernel_gib, peak_tree_gib=watch.tree_gib)
-            mem = f"  peak RSS {watch.kernel_gib:5.2f} GiB (all processes {watch.tree_gib:5.2f})"
-        results.append(row)
-        print(f"{path.name:40s} {seconds:7.1f} s{mem}  {status}", flush=True)
-    return results
+            watch.__exit__(None, None, None)
+    seconds = time.perf_counter() - start
+    row = {"notebook": path.name, "seconds": round(seconds, 1), "status": status}
+    mem = ""
+    if watch:
+        row.update(peak_rss_gib=watch.kernel_gib, peak_tree_gib=watch.tree_gib)
+        mem = f"  peak RSS {watch.kernel_gib:5.2f} GiB (all processes {watch.tree_gib:5.2f})"
+    print(f"{path.name:40s} {seconds:7.1f} s{mem}  {status}{detail}", flush=True)
+    return row
 
 
 REHEARSAL_RECORD = REPO_ROOT / "data" / "rehearsal.json"
@@ -209,6 +276,26 @@ def rehearse(paths: list[Path] | None = None, out_dir: Path | None = None, timeo
     return rows
 
 
+TIMES_RECORD = REPO_ROOT / "data" / "course_times.json"
+
+
+def record_times(rows: list[dict]) -> Path:
+    """Merge the tiny-profile timings of ``rows`` into ``data/course_times.json``; returns its path."""
+    old = {r["notebook"]: r for r in read_times().get("notebooks", [])}
+    new = old | {r["notebook"]: {"notebook": r["notebook"], "seconds": r["seconds"]} for r in rows}
+    return write_json(TIMES_RECORD, {
+        "what": "python -m helpers.course run --record: PROFILE=tiny, seconds per notebook (kernel start included)",
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}", "date": time.strftime("%Y-%m-%d"),
+        "notebooks": [new[k] for k in sorted(new)]})
+
+
+def read_times() -> dict:
+    """The recorded tiny timings (``data/course_times.json``), ``{}`` before the first ``run --record``."""
+    if not TIMES_RECORD.exists():
+        return {}
+    return json.loads(TIMES_RECORD.read_text(encoding="utf-8"))
+
+
 def read_rehearsal() -> dict:
     """The recorded rehearsal figures (``data/rehearsal.json``), ``{}`` before the first ``--record``."""
     if not REHEARSAL_RECORD.exists():
@@ -226,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", default="tiny", choices=["tiny", "real"])
     r.add_argument("--out", default=str(REPO_ROOT / "build" / "executed"))
     r.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    r.add_argument("--record", action="store_true",
+                   help="write the tiny timings to data/course_times.json (shown at the top of each notebook)")
     h = sub.add_parser("rehearse", help="run notebooks with PROFILE=real on the offline stand-in hub (CPU)")
     h.add_argument("notebooks", nargs="*", help="notebook files (default: all, in course order)")
     h.add_argument("--out", default=str(REPO_ROOT / "build" / "rehearsal"))
@@ -243,6 +332,8 @@ def _run(args) -> int:
     total = time.perf_counter()
     if args.cmd == "run":
         rows = run(paths, args.profile, Path(args.out), args.timeout)
+        if args.record and args.profile == "tiny" and all(r["status"] == "ok" for r in rows):
+            record_times(rows)
         print(f"{'total':40s} {time.perf_counter() - total:7.1f} s  ({len(rows)} notebooks, outputs in {args.out})")
         return 1 if any(r["status"] != "ok" for r in rows) else 0
     if args.cmd == "rehearse":

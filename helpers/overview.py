@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core import REPO_ROOT
+from .core import CourseError
 
 STEPS = [
     ("01", "crawl prompts", "instruction data"),
@@ -17,45 +17,44 @@ STEPS = [
     ("09", "summarize", "stuff/refine/map_reduce"),
     ("10", "OpenAI API", "FastAPI server"),
     ("11", "export", "GGUF, Ollama, fastllm"),
+    ("12", "evaluate", "ppl, C-Eval-style choice"),
 ]
 
 def draw_pipeline(path: str | Path | None = None) -> Path:
-    """Draw the course pipeline (one box per notebook) to ``images/pipeline.png``; returns the path."""
-    import matplotlib
+    """Draw the course pipeline as a dependency graph (:func:`helpers.figures.draw_pipeline`: steps, and the
+    artifacts on the edges) to ``images/pipeline.png``; returns the path."""
+    from .figures import draw_pipeline as draw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyBboxPatch
+    return draw(path)
 
-    path = Path(path or REPO_ROOT / "images" / "pipeline.png")
-    fig, ax = plt.subplots(figsize=(13, 4.2), dpi=100)
-    ax.set_xlim(0, 6)
-    ax.set_ylim(0, 2.2)
-    ax.axis("off")
-    colors = {"data": "#fde9c9", "model": "#d6e9f8", "use": "#dff3df", "ship": "#f3dff0"}
-    kinds = ["data", "model", "model", "model", "use", "use", "model", "use", "use", "use", "ship"]
-    positions = [(i % 6, 1.25 if i < 6 else 0.15) for i in range(len(STEPS))]
-    for (num, title, sub), kind, (x, y) in zip(STEPS, kinds, positions):
-        ax.add_patch(FancyBboxPatch((x + 0.06, y), 0.86, 0.75, boxstyle="round,pad=0.02",
-                                    fc=colors[kind], ec="#555555", lw=1.2))
-        ax.text(x + 0.49, y + 0.52, f"{num}  {title}", ha="center", va="center", fontsize=10, weight="bold")
-        ax.text(x + 0.49, y + 0.22, sub, ha="center", va="center", fontsize=8.5, color="#333333")
-    for i in range(len(STEPS) - 1):
-        (x0, y0), (x1, y1) = positions[i], positions[i + 1]
-        if y0 == y1:
-            ax.annotate("", xy=(x1 + 0.06, y1 + 0.37), xytext=(x0 + 0.93, y0 + 0.37),
-                        arrowprops=dict(arrowstyle="->", color="#444444"))
-        else:  # wrap from the end of the first row to the start of the second, through the gap
-            mid = (y0 + y1 + 0.75) / 2
-            ax.plot([x0 + 0.49, x0 + 0.49, x1 + 0.49], [y0 - 0.02, mid, mid], color="#444444", lw=1)
-            ax.annotate("", xy=(x1 + 0.49, y1 + 0.77), xytext=(x1 + 0.49, mid),
-                        arrowprops=dict(arrowstyle="->", color="#444444"))
-    ax.text(5.5, 0.5, "00 overview\n(tiny artifacts)", ha="center", va="center", fontsize=9, style="italic")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
-    return path
+
+def header(step: str) -> str:
+    """The markdown block for the top of notebook ``step`` (``"04"``, ``"04_merge_lora"``): the time it takes in
+    the tiny profile (measured: ``data/course_times.json``), in the real profile (the rehearsal's measured 1.3B
+    figures, ``data/rehearsal.json``, and the 7B estimate of :func:`helpers.catalog.step_needs`) and the notebooks
+    to run first (:func:`helpers.figures.prerequisites`). Returns the markdown string."""
+    from .catalog import step_needs
+    from .course import notebooks, read_rehearsal, read_times
+    from .figures import prerequisites
+
+    stems = {p.stem: p for p in notebooks()}
+    stem = next((s for s in stems if s == step.removesuffix(".ipynb") or s.startswith(f"{step}_")), None)
+    if stem is None:
+        raise CourseError(f"step {step!r}: no notebooks/{step}*.ipynb; choose one of {', '.join(sorted(stems))}")
+    tiny = {r["notebook"]: r for r in read_times().get("notebooks", [])}.get(f"{stem}.ipynb")
+    real = {r["notebook"]: r for r in read_rehearsal().get("notebooks", [])}.get(f"{stem}.ipynb")
+    need = next((n for n in step_needs("hfl/chinese-alpaca-2-7b") if n.step == stem), None)
+    lines = [f"tiny 实测约 {tiny['seconds']:.0f} 秒（2 核 CPU，`make course`）" if tiny
+             else "tiny 在 2 核 CPU 上不超过约 1 分钟（CI 的上限）"]
+    if real:
+        lines.append(f"real 排练（1.3B 随机权重，CPU）{real['seconds']:.0f} 秒、峰值内存 {real['peak_rss_gib']:.1f} GiB")
+    if need:
+        gpu = f"显存 {need.gpu_gib} GiB" if need.gpu_gib else "不需要 GPU"
+        lines.append(f"7B 估计：{need.time}，{gpu}，内存 {need.ram_gib} GiB，磁盘 {need.disk_gib} GiB")
+    pre = prerequisites(stem)
+    links = "、".join(f"[{p[:2]}]({p}.ipynb)" for p in pre) if pre else "无（可以直接运行：tiny 产物会自动生成）"
+    return "> **用时**：" + "；".join(lines) + "。\n>\n> **前置**：" + links + \
+        ("（tiny 模式下不必先跑它们：需要的迷你产物由 `helpers.tiny` 现场生成）" if pre else "")
 
 
 def environment_table():

@@ -338,3 +338,259 @@ def describe(paths: dict[str, Path] | None = None):
         rows.append({"artifact": name, "path": str(p.relative_to(workspace())), "files": len(files),
                      "size_kb": round(sum(f.stat().st_size for f in files) / 1024, 1)})
     return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- step 11: K-quants and GGUF LoRA adapters
+KQUANT_CONFIG = dict(TINY_CONFIG, hidden_size=256, intermediate_size=768, initializer_range=0.05)
+
+
+def kquant_model() -> Path:
+    """A small-but-wide HF LLaMA for llama.cpp's K-quants (every matrix row a multiple of 256 values): hidden 256,
+    FFN 768, 2 layers, 4 heads, the tiny Chinese-Alpaca tokenizer (~3.7 M parameters). Returns the folder."""
+    from transformers import LlamaConfig
+
+    from .tokenizer import load_tokenizer
+
+    tok_dir = merged_tokenizers()["alpaca_hf"]
+    sp_model = tok_dir / "tokenizer.model"
+
+    def build(tmp: Path):
+        tok = load_tokenizer(tok_dir)
+        model = _random_llama(LlamaConfig(**KQUANT_CONFIG, vocab_size=len(tok)), 20)
+        _briefly_train(model, tok(corpus.read_text(encoding="utf-8"))["input_ids"])
+        model.config._name_or_path = "tiny-kquant"
+        model.save_pretrained(tmp, safe_serialization=True)
+        for f in tok_dir.iterdir():
+            if f.is_file() and f.name.startswith(("tokenizer", "special_tokens")):
+                shutil.copyfile(f, tmp / f.name)
+
+    corpus = DATA_DIR / "zh_corpus.txt"
+    return _cached("kquant_llama", build, [sp_model, tok_dir / "tokenizer_config.json", corpus])
+
+
+def _briefly_train(model, ids: list[int], steps: int = 60, batch: int = 4, seq: int = 128) -> None:
+    """A few AdamW steps of next-token prediction on ``ids`` (one thread, fixed seed: deterministic, ~15 s), so
+    that perplexities of quantized copies mean something (a random model is flatter than uniform)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
+        gen = torch.Generator().manual_seed(SEED)
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+        model.train()
+        for _ in range(steps):
+            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
+            model(input_ids=x, labels=x).loss.backward()
+            opt.step()
+            opt.zero_grad()
+        model.eval()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def plain_lora_adapter() -> Path:
+    """A PEFT LoRA (r=8, alpha=16, q/k/v/o/gate/up/down, no ``modules_to_save``) on the tiny merged Chinese-Alpaca
+    (:func:`merged_model`), with non-zero B: the kind of adapter llama.cpp can load as a GGUF LoRA. Returns the folder."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = merged_model("alpaca")
+
+    def build(tmp: Path):
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        pm = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                                              task_type="CAUSAL_LM"))
+        _seed(21)
+        with torch.no_grad():
+            for name, p in pm.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0.0, 0.05)
+        out = tmp / "chinese-alpaca-plain-lora"
+        pm.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
+        cfg = json.loads((out / "adapter_config.json").read_text(encoding="utf-8"))
+        cfg.update(base_model_name_or_path="tiny-chinese-alpaca-merged", target_modules=sorted(cfg["target_modules"]))
+        (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+    return _cached("plain_lora", build, [base / "model.safetensors"]) / "chinese-alpaca-plain-lora"
+
+
+# --------------------------------------------------------------------------- speculative decoding (step 05)
+SPECULATIVE_TARGET = dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=4)
+DEEP_LAYER_SCALE = 0.1  # the target's layers 2-4 write updates 10x smaller than random into the residual stream
+
+
+def speculative_pair() -> dict[str, Path]:
+    """A tiny target and two drafts sharing :func:`base_sp_model`'s vocabulary, for speculative decoding:
+    ``target`` (4 layers, width 128; layers 2-4 scaled down by :data:`DEEP_LAYER_SCALE` so they refine rather than
+    replace what layer 1 predicts, as in a trained model), ``draft`` (its first layer: same embeddings, final norm
+    and lm_head, the way a small model of the same family shares the big one's tokenizer) and ``draft_random`` (an unrelated random
+    1-layer model, the lower bound). Returns ``{"target", "draft", "draft_random"}`` -> HF folders (cached)."""
+    import copy
+
+    import sentencepiece as spm
+    import torch
+
+    from .tokenizer import save_hf_tokenizer
+
+    sp_model = base_sp_model()
+
+    def build(tmp: Path):
+        from transformers import LlamaConfig
+
+        vocab_size = spm.SentencePieceProcessor(model_file=str(sp_model)).get_piece_size()
+        cfg = LlamaConfig(**dict(TINY_CONFIG, **SPECULATIVE_TARGET), vocab_size=vocab_size)
+        target = _random_llama(cfg, 20)
+        with torch.no_grad():  # deeper layers only refine: a random model would otherwise share nothing with its
+            for layer in list(target.model.layers)[1:]:  # first layer (measured: ~50% accepted at 0.1, ~3% at 1)
+                layer.self_attn.o_proj.weight.mul_(DEEP_LAYER_SCALE)
+                layer.mlp.down_proj.weight.mul_(DEEP_LAYER_SCALE)
+        draft = copy.deepcopy(target)
+        draft.model.layers = torch.nn.ModuleList(list(draft.model.layers)[:1])
+        draft.config.num_hidden_layers = 1
+        unrelated = _random_llama(LlamaConfig(**dict(TINY_CONFIG, **dict(SPECULATIVE_TARGET, num_hidden_layers=1)),
+                                              vocab_size=vocab_size), 21)
+        for name, model in (("target", target), ("draft", draft), ("draft_random", unrelated)):
+            model.save_pretrained(tmp / name, safe_serialization=True)
+            save_hf_tokenizer(sp_model, tmp / name)
+
+    root = _cached("speculative", build, [sp_model])
+    return {k: root / k for k in ("target", "draft", "draft_random")}
+
+
+# --------------------------------------------------------------------------- a tiny model that has learned something
+# Issue 17: the random models above answer noise. This one is trained once (plain torch AdamW, the course's
+# own data, the Chinese-Alpaca tokenizer) so that PT and SFT have a visible effect: base = random init,
+# pt = + continued pre-training on zh_corpus + pt_sample, sft = pt + instruction tuning (alpaca template).
+TRAINED_STAGES = ("base", "pt", "sft")
+TRAINED_RECIPE = dict(block_size=64, pt_steps=120, pt_batch=16, sft_records=8, sft_steps=80, lr=1e-2,
+                      initializer_range=0.02, threads=1)
+TRAINED_PT_FILES = ("zh_corpus.txt", "pt_sample.txt")
+TRAINED_SFT_FILE = "alpaca_zh_sample.json"
+
+
+def trained_sft_records(n: int | None = None) -> list[dict]:
+    """The SFT records the tiny trained model learns: the ``n`` (default ``TRAINED_RECIPE["sft_records"]``)
+    shortest single-turn records of ``data/alpaca_zh_sample.json`` by characters, in file order. Returns them
+    normalized (``{"turns": [{"user", "assistant"}], ...}``, :func:`helpers.data.normalize_sft_record`) with the
+    original ``instruction`` / ``input`` / ``output`` added, so a notebook can ask them again."""
+    from .data import load_sft_records, read_json_records
+
+    n = TRAINED_RECIPE["sft_records"] if n is None else n
+    path = DATA_DIR / TRAINED_SFT_FILE
+    raw = read_json_records(path)
+    recs = load_sft_records([path])
+    size = [len(r["instruction"]) + len(r.get("input") or "") + len(r["output"]) for r in raw]
+    keep = sorted(sorted(range(len(raw)), key=lambda i: (size[i], i))[:n])
+    return [dict(recs[i], instruction=raw[i]["instruction"], input=raw[i].get("input") or "",
+                 output=raw[i]["output"]) for i in keep]
+
+
+def _adamw_steps(model, batches, lr: float) -> list[float]:
+    """Plain AdamW over ``batches`` (dicts of tensors with ``labels``), gradient norm clipped at 1, linear decay to
+    10 %; returns the loss of every step. (Hand-written: helpers.train trains LoRA adapters through the Trainer,
+    this trains every weight of a 0.6M-parameter model from scratch in about a minute.)"""
+    import torch
+
+    batches = list(batches)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 - 0.9 * s / max(1, len(batches)))
+    model.train()
+    losses = []
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(round(loss.item(), 6))
+    model.eval()
+    return losses
+
+
+def train_tiny_stages(out: Path, pt_steps: int | None = None, sft_steps: int | None = None) -> dict:
+    """Train the tiny model and save ``out/{base,pt,sft}`` (HF folders: config, safetensors, the Chinese-Alpaca
+    tokenizer). Deterministic: fixed seeds, ``torch.use_deterministic_algorithms``, batches drawn from a seeded
+    generator. Returns ``{"pt": [losses], "sft": [losses], "seconds": {...}}`` (also written to
+    ``out/train_log.json``)."""
+    import time
+
+    import torch
+    from transformers import LlamaForCausalLM
+
+    from .data import group_texts, make_collator, tokenize_sft_record
+
+    r = TRAINED_RECIPE
+    pt_steps = r["pt_steps"] if pt_steps is None else pt_steps
+    sft_steps = r["sft_steps"] if sft_steps is None else sft_steps
+    tok_dir = merged_tokenizers()["alpaca_hf"]
+    from .tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tok_dir)
+    texts = [line for name in TRAINED_PT_FILES
+             for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines() if line.strip()]
+    blocks = torch.tensor(group_texts(tok(texts)["input_ids"], r["block_size"]))
+    rows = [tokenize_sft_record(rec, tok, 256) for rec in trained_sft_records()]
+    rows = [{"input_ids": x["input_ids"], "labels": x["labels"]} for x in rows]
+    collate = make_collator(tok, "longest")
+    was_det, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
+    torch.use_deterministic_algorithms(True)
+    # one thread: the same sums in the same order whatever the machine's core count (and no spinning threads
+    # on a shared CPU)
+    torch.set_num_threads(r["threads"])
+    try:
+        config = tiny_config(len(tok))
+        config.initializer_range = r["initializer_range"]
+        _seed(20)
+        model = LlamaForCausalLM(config).eval()
+        model.generation_config.do_sample = False
+        model.config._name_or_path = "tiny-chinese-trained"
+        log: dict = {"recipe": dict(r, pt_steps=pt_steps, sft_steps=sft_steps), "seconds": {}}
+
+        def save(stage: str) -> None:
+            model.save_pretrained(out / stage, safe_serialization=True)
+            for f in tok_dir.iterdir():
+                if f.is_file():
+                    shutil.copyfile(f, out / stage / f.name)
+
+        save("base")
+        gen = torch.Generator().manual_seed(SEED + 21)
+        t0 = time.perf_counter()
+        pt_batches = ({"input_ids": (b := blocks[torch.randint(len(blocks), (r["pt_batch"],), generator=gen)]),
+                       "labels": b} for _ in range(pt_steps))
+        log["pt"] = _adamw_steps(model, pt_batches, r["lr"])
+        log["seconds"]["pt"] = round(time.perf_counter() - t0, 1)
+        save("pt")
+        t0 = time.perf_counter()
+        sft_batch = collate(rows)  # every record in every step: a handful of instructions learned by heart
+        sft_batches = (sft_batch for _ in range(sft_steps))
+        log["sft"] = _adamw_steps(model, sft_batches, r["lr"])
+        log["seconds"]["sft"] = round(time.perf_counter() - t0, 1)
+        save("sft")
+    finally:
+        torch.use_deterministic_algorithms(was_det)
+        torch.set_num_threads(threads)
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n", encoding="utf-8")
+    return log
+
+
+def trained_model(stage: str = "sft") -> Path:
+    """The tiny LLaMA trained on the course's Chinese data (built once, ~1 min on 2 CPU cores, then cached):
+    ``base`` (random init), ``pt`` (after continued pre-training), ``sft`` (after instruction tuning; answers a
+    few training-set instructions, :func:`trained_sft_records`). Returns the HF folder of ``stage``; the losses
+    and times are in ``<folder>/../train_log.json``."""
+    from .core import CourseError
+
+    if stage not in TRAINED_STAGES:
+        raise CourseError(f"stage {stage!r}: choose one of {list(TRAINED_STAGES)}")
+    toks = merged_tokenizers()
+    here = Path(__file__).parent
+    inputs = [toks["alpaca_sp"], *(DATA_DIR / n for n in (*TRAINED_PT_FILES, TRAINED_SFT_FILE)),
+              here / "data.py", here / "prompts.py"]
+    root = _cached("trained_llama", lambda tmp: train_tiny_stages(tmp), inputs,
+                   extra=json.dumps(TRAINED_RECIPE, sort_keys=True))
+    return root / stage

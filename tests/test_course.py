@@ -53,3 +53,29 @@ def test_autodl_caches_models_on_the_data_disk(monkeypatch, tmp_path):
     assert core.use_data_disk("autodl") == str(tmp_path / "hf") == os.environ["HF_HOME"]
     monkeypatch.setenv("HF_HOME", "/elsewhere")  # the learner's own choice wins
     assert core.use_data_disk("autodl") is None and os.environ["HF_HOME"] == "/elsewhere"
+
+
+def _one_cell_notebook(path, source):
+    from helpers.notebook import code, params, write_notebook
+
+    return write_notebook(path, [params('PROFILE = "tiny"'), code(source)])
+
+
+def test_run_prints_no_kernel_noise_but_shows_a_failure(tmp_path, capfd):
+    """`make course` output: one line per notebook. What the kernel process writes to its own stdout/stderr (its
+    "running over TCP" log line, C libraries, servers it starts) goes to a log file; a failing cell is still shown,
+    with the log's last lines."""
+    noisy = _one_cell_notebook(tmp_path / "01_noisy.ipynb", "import os, sys\nprint('CELL-OUTPUT')\n"
+                               "os.write(1, b'FD1-NOISE\\n'); os.write(2, b'FD2-NOISE\\n')")
+    broken = _one_cell_notebook(tmp_path / "02_broken.ipynb", "import os\nos.write(2, b'SERVER-SAID-THIS\\n')\n"
+                                "raise ValueError('the cell says what went wrong')")
+    rows = course.run([noisy, broken], out_dir=tmp_path / "out", timeout=120)
+    out, err = capfd.readouterr()
+    shown = out + err
+    assert [r["status"] == "ok" for r in rows] == [True, False]
+    for noise in ("FD1-NOISE", "FD2-NOISE", "without encryption", "Debugger warning"):
+        assert noise not in shown, noise
+    assert "FD2-NOISE" in (tmp_path / "out" / "01_noisy.log").read_text(encoding="utf-8")  # kept, not lost
+    assert "CELL-OUTPUT" in (tmp_path / "out" / "01_noisy.ipynb").read_text(encoding="utf-8")
+    assert "the cell says what went wrong" in shown and "SERVER-SAID-THIS" in shown  # the failure stays visible
+    assert len([line for line in out.splitlines() if line.startswith("01_noisy.ipynb")]) == 1

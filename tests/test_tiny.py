@@ -102,3 +102,35 @@ def test_adapters_mirror_the_real_release(tiny_paths):
     for piece_id in range(3, len(base)):
         piece = base.convert_ids_to_tokens(piece_id)
         assert llama_tok.convert_tokens_to_ids(piece) == piece_id
+
+
+# ---------------------------------------------------------------- trained tiny model (issue 17)
+def test_trained_model_training_is_deterministic(tmp_path):
+    """Two short trainings from the same data give byte-identical weights, and different stages differ."""
+    from helpers.io import sha256_file
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out in (a, b):
+        out.mkdir()
+        tiny.train_tiny_stages(out, pt_steps=2, sft_steps=2)
+    for stage in tiny.TRAINED_STAGES:
+        assert sha256_file(a / stage / "model.safetensors") == sha256_file(b / stage / "model.safetensors"), stage
+    assert sha256_file(a / "base" / "model.safetensors") != sha256_file(a / "pt" / "model.safetensors")
+
+
+def test_trained_sft_model_answers_its_training_instructions():
+    """After SFT the tiny model follows the alpaca template and reproduces answers it was trained on (the
+    expected text is the data file's, not the model's); the PT model does not."""
+    from helpers.generation import generate
+    from helpers.modeling import load_model
+    from helpers.prompts import build_prompt
+
+    recs = tiny.trained_sft_records()
+    prompts = [build_prompt(r["instruction"], r["input"]) for r in recs]
+    raw = json.loads((tiny.DATA_DIR / "alpaca_zh_sample.json").read_text(encoding="utf-8"))
+    wanted = {r["instruction"] + r["input"]: r["output"] for r in raw}
+    for stage, at_least in (("sft", 6), ("pt", 0)):
+        model, tok = load_model(tiny.trained_model(stage), device="cpu")
+        answers = generate(model, tok, prompts, batch_size=8, do_sample=False, max_new_tokens=40)
+        hits = sum(a.strip() == wanted[r["instruction"] + r["input"]] for a, r in zip(answers, recs))
+        assert hits >= at_least if stage == "sft" else hits == 0, (stage, answers)
