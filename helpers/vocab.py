@@ -342,15 +342,28 @@ def resize_embeddings(model, new_size: int):
     """Resize input and output embeddings to ``new_size``; new rows start as the mean of the old rows.
 
     (transformers' ``mean_resizing=True`` samples around the mean with the old covariance; we use the plain
-    mean, which keeps new tokens neutral.) Returns ``model``.
+    mean, which keeps new tokens neutral. Under DeepSpeed ZeRO-3 the sharded rows are gathered to be set.)
+    Returns ``model``.
     """
+    from contextlib import nullcontext
+
     import torch
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
     old = model.get_input_embeddings().weight.shape[0]
+    if is_deepspeed_zero3_enabled():  # under ZeRO-3 a weight's full shape is ds_shape, the tensor holds a shard
+        old = getattr(model.get_input_embeddings().weight, "ds_shape", (old,))[0]
     model.resize_token_embeddings(new_size, mean_resizing=False)
     if new_size > old:
-        with torch.no_grad():
-            for emb in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+        embs = list({id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings())
+                     if m is not None}.values())
+        gather = nullcontext()
+        if is_deepspeed_zero3_enabled():
+            import deepspeed
+
+            gather = deepspeed.zero.GatheredParameters([e.weight for e in embs], modifier_rank=0)
+        with gather, torch.no_grad():
+            for emb in embs:
                 emb.weight[old:] = emb.weight[:old].mean(dim=0, keepdim=True)
     return model
 

@@ -1,4 +1,6 @@
 """helpers.train: seed flags, vocabulary checks, QLoRA guard, PT + SFT runs, resume, --peft_path, 2-process DDP."""
+import functools
+import importlib.util
 import inspect
 import json
 import os
@@ -177,6 +179,13 @@ def test_resume_from_checkpoint_matches_uninterrupted_run(tiny_set, tmp_path):
     assert [v for _, v in got[:3]] == [99.0] * 3  # steps 1-3 were restored, not trained again
     assert [v for _, v in got[3:]] == pytest.approx([v for _, v in want[3:]], abs=1e-4)
     assert train.adapter_digest(resumed.adapter_dir) == train.adapter_digest(full.adapter_dir)
+    # a checkpoint of another run (other batch size and LoRA rank): refused before training, naming both
+    with pytest.raises(CourseError) as e:
+        train.train("sft", **_sft_flags(tiny_set, tmp_path / "other", save_strategy="steps", save_steps=3,
+                                        per_device_train_batch_size=2, lora_rank=4, resume_from_checkpoint=ckpt))
+    msg = str(e.value)
+    assert "--per_device_train_batch_size: checkpoint 4, now 2" in msg and "--lora_rank: checkpoint 8, now 4" in msg
+    assert "--seed" not in msg and not (tmp_path / "other" / "sft_lora_model").exists()
 
 
 def test_continue_existing_adapter_with_peft_path(tiny_set, tmp_path):
@@ -292,3 +301,237 @@ def test_fp16_training_keeps_trainable_weights_float32(tiny_set, monkeypatch, tm
     scaler.scale(torch.tensor(1.0))
     scaler.unscale_(torch.optim.SGD(trainable, lr=0.1))  # raises "Attempting to unscale FP16 gradients" otherwise
     assert {p.dtype for p in trainable} == {torch.float32}
+
+
+# ----------------------------------------------------------------------------- issue 16: DeepSpeed, scripts, init
+def _ds_config(tmp_path, **over) -> Path:
+    cfg = json.loads(train.DS_ZERO2.read_text(encoding="utf-8"))
+    for key, value in over.items():
+        if key == "zero":
+            cfg["zero_optimization"] = value
+        else:
+            cfg[key] = value
+    path = tmp_path / "ds.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path
+
+
+def test_deepspeed_config_contradicting_the_flags_is_refused_up_front(tmp_path, monkeypatch):
+    argv = MINIMAL + ["--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "4"]
+    for name in ("ds_zero2_no_offload.json", "ds_zero3.json", "ds_zero3_offload.json"):  # shipped configs pass
+        train.check_deepspeed_config(train.ASSETS / name, argv, world_size=2)
+    # train_batch_size = micro 2 x accumulation 4 x 2 processes = 16, hand-computed
+    train.check_deepspeed_config(_ds_config(tmp_path, train_batch_size=16), argv, world_size=2)
+    with pytest.raises(CourseError) as e:
+        train.check_deepspeed_config(_ds_config(tmp_path, train_batch_size=16), argv, world_size=1)
+    assert "train_batch_size is 16" in str(e.value) and "--per_device_train_batch_size 2" in str(e.value)
+    assert "--gradient_accumulation_steps 4" in str(e.value) and "= 8" in str(e.value)
+    with pytest.raises(CourseError, match="train_micro_batch_size_per_gpu is 4 but --per_device_train_batch_size is 2"):
+        train.check_deepspeed_config(_ds_config(tmp_path, train_micro_batch_size_per_gpu=4), argv)
+    with pytest.raises(CourseError, match="gradient_accumulation_steps is 1 but --gradient_accumulation_steps is 4"):
+        train.check_deepspeed_config(_ds_config(tmp_path, gradient_accumulation_steps=1), argv)
+    # flags left at the TrainingArguments defaults (micro 8, accumulation 1)
+    with pytest.raises(CourseError, match="--per_device_train_batch_size 8"):
+        train.check_deepspeed_config(_ds_config(tmp_path, train_batch_size=4), MINIMAL, world_size=1)
+    with pytest.raises(CourseError, match="stage3_gather_16bit_weights_on_model_save"):
+        train.check_deepspeed_config(_ds_config(tmp_path, zero={"stage": 3}), argv)
+    with pytest.raises(CourseError, match="min_loss_scale is 1e-10"):  # the seed's original value
+        train.check_deepspeed_config(_ds_config(tmp_path, fp16={"enabled": "auto", "min_loss_scale": 1e-10}), argv)
+    with pytest.raises(CourseError, match="file not found"):
+        train.check_deepspeed_config(tmp_path / "nope.json", argv)
+    # through the CLI: exit 2, the message names the flag, before any weight is loaded
+    if importlib.util.find_spec("deepspeed") is not None:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        bad = _ds_config(tmp_path, train_batch_size=3)
+        with pytest.raises(CourseError, match="train_batch_size is 3"):
+            train.parse_args(argv + ["--deepspeed", str(bad)])
+
+
+def _dry_run(script: str, **env) -> list[str]:
+    """The command a script would run (DRY_RUN=1), one argument per element."""
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / script)], capture_output=True, text=True,
+                          env={**os.environ, "DRY_RUN": "1", "SEED": "123", **env}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
+def _flag_names(argv: list[str]) -> set[str]:
+    return {a for a in argv if a.startswith("--")}
+
+
+# the flags of the seed's commands, copied from the seed text (002 step 7: 7.1.1 and 7.1.2) and from the original
+# project's scripts/training/run_pt.sh that seed 002 step 6 points to
+SEED_COMMON = set("""--deepspeed --model_name_or_path --tokenizer_name_or_path --dataset_dir --validation_split_percentage
+--per_device_train_batch_size --per_device_eval_batch_size --do_train --seed --lr_scheduler_type --learning_rate
+--warmup_ratio --weight_decay --logging_strategy --logging_steps --save_strategy --save_total_limit --save_steps
+--gradient_accumulation_steps --preprocessing_num_workers --output_dir --overwrite_output_dir --ddp_timeout
+--logging_first_step --lora_dropout --torch_dtype --ddp_find_unused_parameters""".split())
+SEED_SFT_711 = SEED_COMMON | {"--do_eval", "--max_steps", "--evaluation_strategy", "--eval_steps", "--max_seq_length",
+                              "--validation_file", "--peft_path"}
+SEED_SFT_712 = (SEED_SFT_711 - {"--peft_path"}) | {"--lora_rank", "--lora_alpha", "--trainable", "--modules_to_save",
+                                                  "--gradient_checkpointing"}
+SEED_PT = SEED_COMMON | {"--data_cache_dir", "--num_train_epochs", "--block_size", "--lora_rank", "--lora_alpha",
+                         "--trainable", "--modules_to_save", "--gradient_checkpointing"}
+
+
+@pytest.mark.parametrize("script,env,want", [
+    ("run_sft.sh", {"SCENARIO": "continue_alpaca", "VALIDATION_FILE": "V"}, SEED_SFT_711),
+    ("run_sft.sh", {"SCENARIO": "new_lora", "VALIDATION_FILE": "V"}, SEED_SFT_712),
+    ("run_pt.sh", {}, SEED_PT)], ids=["sft_7.1.1", "sft_7.1.2", "pt"])
+def test_seed_scripts_have_every_flag_and_parse(script, env, want):
+    assert subprocess.run(["bash", "-n", str(REPO_ROOT / "scripts" / script)]).returncode == 0
+    cmd = _dry_run(script, **env)
+    stage = "sft" if "sft" in script else "pt"
+    head = cmd.index("helpers.train")
+    assert cmd[:head + 1] == ["torchrun", "--nnodes", "1", "--nproc_per_node", "1", "-m", "helpers.train"]
+    assert cmd[head + 1] == stage and _flag_names(cmd[head + 2:]) == want  # the seed's flags, no more, no fewer
+    argv = cmd[head + 2:]
+    if importlib.util.find_spec("deepspeed") is None:
+        argv = argv[2:]  # without deepspeed parse the rest (the --deepspeed refusal is tested above)
+    m, d, lo, t = train.parse_args(argv)  # a flag helpers.train renamed or dropped fails here
+    assert t.seed == 123 and t.ddp_timeout == 30000 and t.save_total_limit == 3 and m.torch_dtype == "float16"
+    assert d.preprocessing_num_workers == 8 and t.logging_first_step
+    if stage == "sft" and env["SCENARIO"] == "continue_alpaca":
+        assert lo.peft_path and not t.gradient_checkpointing
+    else:
+        assert lo.modules_to_save == "embed_tokens,lm_head" and t.gradient_checkpointing
+
+
+def test_run_pt_script_trains_the_tiny_model(tiny_set, tmp_path):
+    """One real (1-process, 2-step) run through scripts/run_pt.sh."""
+    out = tmp_path / "pt"
+    env = {**os.environ, "MODEL": str(tiny_set["base"]), "TOKENIZER": str(tiny_set["llama_tok"]),
+           "DATASET_DIR": str(DATA_DIR / "pt_sample.txt"), "DATA_CACHE": str(tmp_path / "cache"),
+           "OUTPUT_DIR": str(out), "MAX_STEPS": "2", "BLOCK_SIZE": "64", "TORCH_DTYPE": "float32",
+           "DEEPSPEED_CONFIG": "", "PREPROCESSING_NUM_WORKERS": "2", "SEED": "1", "OMP_NUM_THREADS": "1",
+           "TORCHRUN": str(Path(sys.executable).with_name("torchrun")), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_pt.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "pt_lora_model" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "ranks" / "rank0.json").read_text(encoding="utf-8"))["global_step"] == 2
+
+
+def test_new_embedding_rows_mean_or_random(tiny_set, tmp_path):
+    """--embedding_init mean: every new row of embed_tokens and lm_head is the mean of the base's rows (computed
+    here from the base file); random: rows drawn like fresh weights (std = initializer_range), old rows kept."""
+    import torch
+    from safetensors.torch import load_file
+
+    from helpers.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_set["llama_tok"])
+    base = load_file(str(Path(tiny_set["base"]) / "model.safetensors"))
+    old_emb, old_head = base["model.embed_tokens.weight"], base["lm_head.weight"]
+    n_old = old_emb.shape[0]
+    for init in ("mean", "random"):
+        m, _, lo, t = train.parse_args(train.flags(**_sft_flags(tiny_set, tmp_path / init, embedding_init=init)))
+        model, note = train.build_model(m, lo, t, tok)
+        assert f"new rows: {init}" in note
+        base_model = model.get_base_model()
+        emb = base_model.get_input_embeddings().weight.detach()
+        head = base_model.get_output_embeddings().weight.detach()
+        assert emb.shape[0] == len(tok) > n_old and torch.equal(emb[:n_old], old_emb)
+        if init == "mean":
+            assert torch.allclose(emb[n_old:], old_emb.mean(0).expand_as(emb[n_old:]), atol=1e-6)
+            assert torch.allclose(head[n_old:], old_head.mean(0).expand_as(head[n_old:]), atol=1e-6)
+        else:
+            std = base_model.config.initializer_range
+            assert abs(float(emb[n_old:].std()) - std) < 0.2 * std
+            assert not torch.allclose(head[n_old:], old_head.mean(0).expand_as(head[n_old:]), atol=1e-3)
+
+
+def _sft_with_pid(items, tokenizer):
+    from helpers import data
+
+    ds, stats = data.tokenize_sft(items, tokenizer, max_seq_length=128)
+    stats.extra["pids"] = [os.getpid()]
+    return ds, stats
+
+
+def test_preprocessing_num_workers_tokenizes_in_parallel_with_the_same_result(tiny_set):
+    """--preprocessing_num_workers 3: three processes, and the same SFT dataset as one process (records are
+    independent); PT shards each drop their own tail, like the original's map(group_texts, num_proc=...)."""
+    from helpers import data
+    from helpers.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tiny_set["alpaca_tok"])
+    records = data.load_sft_records(DATA_DIR / "alpaca_zh_sample.json")
+    serial, s_stats = data.tokenize_sft(records, tok, max_seq_length=128)
+    ds, stats = train.tokenize_in_shards(functools.partial(_sft_with_pid, tokenizer=tok), records, 3)
+    pids = stats.extra.pop("pids")
+    assert len(set(pids)) == 3 and os.getpid() not in pids  # three worker processes
+    assert ds["input_ids"] == serial["input_ids"] and ds["labels"] == serial["labels"]
+    assert stats.as_dict() == s_stats.as_dict()
+    texts = data.load_pt_texts(DATA_DIR / "pt_sample.txt")
+    blocks, pt_stats = train.tokenize_in_shards(lambda t: data.tokenize_pt(t, tok, 64), texts, 1)
+    assert blocks["input_ids"] == data.tokenize_pt(texts, tok, 64)[0]["input_ids"]
+    d = train.DataArguments(dataset_dir=str(DATA_DIR / "pt_sample.txt"), block_size=64, preprocessing_num_workers=2)
+    two, _, two_stats = train.build_datasets("pt", d, tok, seed=0)
+    ids = tok(texts)["input_ids"]
+    half = -(-len(texts) // 2)  # hand-computed: each half's tokens // 64 blocks
+    want = sum(sum(len(x) for x in part) // 64 for part in (ids[:half], ids[half:]))
+    assert len(two) == two_stats.kept == want and two_stats.records == len(texts)
+
+
+def test_fp16_overflow_turns_the_loss_into_nan_and_the_fixes():
+    """Pure float16 SGD with a too-large learning rate: NaN exactly at the step where the float32 run's activations
+    pass float16's largest value (torch.finfo, not the code under test); bf16, a lower LR or clipping stay finite."""
+    import math
+
+    import torch
+
+    fp16 = train.precision_demo("float16", 20.0, steps=4)
+    fp32 = train.precision_demo("float32", 20.0, steps=4)
+    limit = torch.finfo(torch.float16).max  # 65504
+    nan_step = next(i for i, x in enumerate(fp16["loss"]) if math.isnan(x))
+    assert fp32["max_abs_hidden"][nan_step - 1] < limit < fp32["max_abs_hidden"][nan_step]
+    assert fp16["loss"][0] == pytest.approx(fp32["loss"][0], abs=0.02)  # the same run until the overflow
+    assert all(math.isfinite(x) for x in fp32["loss"])
+    for kwargs in (dict(dtype="bfloat16"), dict(dtype="float16", learning_rate=1.0),
+                   dict(dtype="float16", max_grad_norm=1.0)):
+        losses = train.precision_demo(**{"learning_rate": 20.0, **kwargs}, steps=4)["loss"]
+        assert all(math.isfinite(x) for x in losses), (kwargs, losses)
+
+
+def test_memory_per_gpu_splits_like_zero():
+    """Hand-worked: ZeRO-3 on 2 GPUs holds half of everything; ZeRO-2 keeps the weights (4 B) and shares grads (4 B)
+    and AdamW moments (8 B) per trainable parameter."""
+    from helpers import catalog
+
+    cfg = catalog.get("hfl/chinese-llama-2-7b").config
+    base, lora = catalog.param_count(cfg), catalog.lora_param_count(cfg, 8)
+    gb = 1024 ** 3
+    one = train.memory_per_gpu(cfg, 1, 0)
+    assert one["total_gb"] == pytest.approx((2 * base + 16 * lora) / gb, abs=0.05)
+    assert one["total_gb"] == pytest.approx(train.lora_budget(cfg)["total_gb"], abs=0.05)
+    assert train.memory_per_gpu(cfg, 2, 2)["trainable_gb"] == pytest.approx((4 + 12 / 2) * lora / gb, abs=0.01)
+    assert train.memory_per_gpu(cfg, 2, 3)["total_gb"] == pytest.approx((2 * base + 16 * lora) / 2 / gb, abs=0.05)
+    assert train.memory_per_gpu(cfg, 1, 0, kbits=4)["base_gb"] == pytest.approx(base / 2 / gb, abs=0.01)
+
+
+def test_launch_commands_parse_with_the_launchers_own_parsers():
+    """Multi-node torchrun and the deepspeed launcher (hostfile): the printed commands are read back by torchrun's and
+    DeepSpeed's own argument parsers, and the training flags by helpers.train's."""
+    import shlex
+
+    from torch.distributed.run import get_args_parser
+
+    text = train.launch_command("sft", 8, deepspeed="zero3", nnodes=2, rdzv_endpoint="10.0.0.1:29500",
+                                model_name_or_path="M", output_dir="O")
+    argv = shlex.split(text.replace("\\\n", " "))
+    assert argv[0] == "torchrun"
+    ns = get_args_parser().parse_args(argv[1:])
+    assert (ns.nnodes, ns.nproc_per_node, ns.rdzv_endpoint, ns.rdzv_backend) == ("2", "8", "10.0.0.1:29500", "c10d")
+    assert ns.module and ns.training_script == "helpers.train" and ns.training_script_args[0] == "sft"
+    assert ns.training_script_args[1:3] == ["--deepspeed", "helpers/assets/ds_zero3.json"]
+    if importlib.util.find_spec("deepspeed") is not None:
+        from deepspeed.launcher.runner import parse_args as ds_parse
+
+        text = train.launch_command("pt", 4, launcher="deepspeed", hostfile="hostfile", output_dir="O")
+        ds = ds_parse(shlex.split(text.replace("\\\n", " "))[1:])
+        assert (ds.hostfile, ds.num_gpus, ds.no_local_rank, ds.module) == ("hostfile", 4, True, True)
+        assert ds.user_script == "helpers.train" and ds.user_args[:3] == ["pt", "--deepspeed",
+                                                                        "helpers/assets/ds_zero2_no_offload.json"]
+    with pytest.raises(CourseError, match="torchrun or deepspeed"):
+        train.launch_command("sft", launcher="mpirun")
