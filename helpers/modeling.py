@@ -162,8 +162,11 @@ def load_model(base_model: str | Path, lora_model: str | Path | None = None, tok
     model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
     vocab = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > vocab:
-        # a LoRA trained with a larger (extended) vocabulary: grow the embeddings before loading it
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        # a LoRA trained with a larger (extended) vocabulary: grow the embeddings before loading it; new rows start
+        # at the mean row, as in training and merging (an adapter without embedding rows then behaves as merged)
+        from .vocab import resize_embeddings
+
+        resize_embeddings(model, len(tokenizer))
     elif len(tokenizer) < vocab and not _is_padding(vocab, len(tokenizer)):
         raise CourseError(
             f"tokenizer {tok_src} has {len(tokenizer)} tokens but the model {base_model} has {vocab} rows: "

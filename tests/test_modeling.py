@@ -15,6 +15,21 @@ def test_larger_tokenizer_grows_embeddings_before_a_lora():
     assert tok.padding_side == "left" and tok.pad_token is not None
 
 
+def test_rows_grown_for_a_larger_tokenizer_start_at_the_mean_row():
+    """Training (helpers.train) and merging (helpers.merge) start new rows at the mean of the old ones; loading for
+    inference must too, or an adapter without embedding rows answers differently merged and unmerged."""
+    base = AutoModelForCausalLM.from_pretrained(tiny.hf_model())
+    old_in = base.get_input_embeddings().weight.detach().clone()
+    old_out = base.get_output_embeddings().weight.detach().clone()
+    model, tok = load_model(tiny.hf_model(), tokenizer_path=tiny.merged_tokenizers()["llama_hf"])
+    n = old_in.shape[0]
+    grown_in, grown_out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    assert grown_in.shape[0] == len(tok) > n
+    torch.testing.assert_close(grown_in[:n], old_in)
+    torch.testing.assert_close(grown_in[n:], old_in.mean(0, keepdim=True).expand(len(tok) - n, -1))
+    torch.testing.assert_close(grown_out[n:], old_out.mean(0, keepdim=True).expand(len(tok) - n, -1))
+
+
 def test_tokenizer_of_another_model_is_refused(tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(tiny.hf_model())
     merged.resize_token_embeddings(3000, mean_resizing=False)
