@@ -604,6 +604,32 @@ def _signature_callback(signature: dict):
     return SignatureCallback()
 
 
+def _loss_guard_callback():
+    """Returns a ``TrainerCallback`` that stops a run whose logged loss is NaN or infinite, with a CourseError saying
+    the usual causes and fixes (HF Trainer would otherwise keep training a broken model to the last step)."""
+    import math
+
+    from transformers import TrainerCallback
+
+    class LossGuard(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            loss, norm = logs.get("loss"), logs.get("grad_norm")
+            bad_norm = norm is not None and not math.isfinite(norm)
+            # Trainer's logging_nan_inf_filter hides a NaN loss (it logs 0 or the previous mean), but the gradient
+            # norm stays NaN; under fp16 a non-finite norm is also the loss scaler skipping a step, which is normal
+            if loss is not None and (not math.isfinite(loss) or (bad_norm and (loss == 0 or not args.fp16))):
+                shown = loss if not math.isfinite(loss) else f"nan (logged as {loss:g}; grad_norm {norm})"
+                raise CourseError(
+                    f"the training loss became {shown} at step {state.global_step} (--output_dir {args.output_dir}): "
+                    "an fp16 overflow (values above 65504: use --bf16 on a GPU with compute capability >= 8.0, or keep "
+                    "fp16 with loss scaling), a learning rate too high (lower --learning_rate), exploding gradients "
+                    "(--max_grad_norm 1.0), or a batch whose labels are all masked (-100: check --max_seq_length "
+                    "against your records). Notebook 07's fp16 lesson reproduces the first case")
+
+    return LossGuard()
+
+
 def _gathered(model):
     """A context in which every parameter of ``model`` is whole: ZeRO-3's ``GatheredParameters`` (collective: all
     ranks enter it), else nothing."""
@@ -713,7 +739,7 @@ def run(stage: str, argv: list[str]) -> TrainResult:
     collator = (default_data_collator if stage == "pt"
                 else data.make_collator(tokenizer, dargs.packing, dargs.max_seq_length))
     trainer = Trainer(model=model, args=targs, train_dataset=train_ds, eval_dataset=eval_ds,
-                      data_collator=collator, processing_class=tokenizer, callbacks=[_signature_callback(signature)])
+                      data_collator=collator, processing_class=tokenizer, callbacks=[_signature_callback(signature), _loss_guard_callback()])
     train_out = trainer.train(resume_from_checkpoint=targs.resume_from_checkpoint)
     metrics = dict(train_out.metrics)
     if eval_ds is not None and targs.do_eval:

@@ -535,3 +535,10 @@ def test_launch_commands_parse_with_the_launchers_own_parsers():
                                                                         "helpers/assets/ds_zero2_no_offload.json"]
     with pytest.raises(CourseError, match="torchrun or deepspeed"):
         train.launch_command("sft", launcher="mpirun")
+
+
+def test_a_diverging_run_stops_with_a_message(tiny_set, tmp_path):
+    """A learning rate of 1e38 makes the weights and then the loss infinite / NaN within a few steps; the run must stop there with a
+    CourseError naming the step and the fixes, not train a broken adapter to the end."""
+    with pytest.raises(CourseError, match=r"loss became (nan|inf).*step \d+.*--learning_rate"):
+        train.train("sft", **_sft_flags(tiny_set, tmp_path / "nan", learning_rate=1e38, max_steps=30, max_grad_norm=0))
