@@ -489,6 +489,16 @@ def loss_curve(log_history: list[dict], key: str = "loss") -> list[tuple[int, fl
     return [(int(e["step"]), float(e[key])) for e in log_history if key in e]
 
 
+def _loss_axes(ax, title: str | None):
+    """Labels a loss plot (step / loss, legend, optional title); returns ``ax``."""
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend()
+    if title:
+        ax.set_title(title)
+    return ax
+
+
 def plot_loss(log_history: list[dict] | str | Path, ax=None, title: str | None = None):
     """Plot training (and eval) loss against the step; returns the matplotlib Axes."""
     import matplotlib.pyplot as plt
@@ -501,12 +511,7 @@ def plot_loss(log_history: list[dict] | str | Path, ax=None, title: str | None =
         curve = loss_curve(log_history, key)
         if curve:
             ax.plot(*zip(*curve), marker="o", markersize=3, label=label)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _loss_axes(ax, title)
 
 
 @dataclass
@@ -1009,12 +1014,7 @@ def plot_runs(results: dict, ax=None, title: str | None = "same data, same seed,
     for i, (name, res) in enumerate(results.items()):
         losses = res["losses"]
         ax.plot(range(1, len(losses) + 1), losses, styles[i % 4], marker="o", markersize=3, label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend()
-    if title:
-        ax.set_title(title)
-    return ax
+    return _loss_axes(ax, title)
 
 
 def main(argv: list[str] | None = None) -> int:

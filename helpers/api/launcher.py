@@ -35,15 +35,23 @@ class ServerProcess:
     Usable as a context manager.
     """
 
+    name = "the API server"      # in messages
+    ready_path = "/health"       # answers 200 once the model is loaded
+    log_prefix = "course-api-"
+
+    def command(self, args: list[str], port: int) -> list[str]:
+        """Returns the command line that starts the server on 127.0.0.1:``port``."""
+        return [sys.executable, "-m", "helpers.api", *args, "--port", str(port)]
+
     def __init__(self, args: list[str], port: int, timeout: float = 180.0, env: dict | None = None):
         self.port, self.url, self.v1 = port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1"
-        self.log = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="course-api-", suffix=".log",
+        self.log = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix=self.log_prefix, suffix=".log",
                                                delete=False)
         self._final_output: str | None = None
         full_env = {**os.environ, "PYTHONPATH": str(REPO_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
                     **(env or {})}
-        self.proc = subprocess.Popen([sys.executable, "-m", "helpers.api", *args, "--port", str(port)],
-                                     cwd=REPO_ROOT, env=full_env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.command(args, port), cwd=REPO_ROOT, env=full_env, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
         atexit.register(self.stop)
         try:
             self._wait_ready(timeout)
@@ -52,18 +60,18 @@ class ServerProcess:
             raise
 
     def _wait_ready(self, timeout: float) -> None:
-        """Returns once ``/health`` answers; raises RuntimeError (with the server's output) if it never does."""
+        """Returns once ``ready_path`` answers; raises RuntimeError (with the server's output) if it never does."""
         deadline = time.time() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the API server exited with code {self.proc.returncode}:\n{self.output()}")
+                raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             if time.time() > deadline:
-                raise RuntimeError(f"the API server did not answer within {timeout:.0f} s:\n{self.output()}")
+                raise RuntimeError(f"{self.name} did not answer within {timeout:.0f} s:\n{self.output()}")
             time.sleep(0.3)
 
     def output(self) -> str:

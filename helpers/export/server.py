@@ -4,18 +4,11 @@ talk to it unchanged. The process handle is the course server's :class:`helpers.
 (log file, ``stop()``, context manager, stopped at exit); only the command and the readiness check differ."""
 from __future__ import annotations
 
-import atexit
 import os
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 from ..api.launcher import ServerProcess
-from ..core import REPO_ROOT
 from ..net import free_port
 from .source import ExportError
 
@@ -24,37 +17,18 @@ class LlamaCppServer(ServerProcess):
     """``python -m llama_cpp.server --model FILE --host 127.0.0.1 --port P ...`` as a subprocess; ``url``/``v1``
     as for the course server, ``model`` the name clients pass (the server's ``--model_alias``)."""
 
+    name = "llama_cpp.server"
+    ready_path = "/v1/models"    # llama_cpp.server has no /health
+    log_prefix = "llama-cpp-server-"
+
+    def command(self, args: list[str], port: int) -> list[str]:
+        """Returns ``python -m llama_cpp.server ARGS --host 127.0.0.1 --port PORT``."""
+        return [sys.executable, "-m", "llama_cpp.server", *args, "--host", "127.0.0.1", "--port", str(port)]
+
     def __init__(self, args: list[str], port: int, timeout: float = 120.0, env: dict | None = None,
                  model: str = "chinese-alpaca"):
-        self.port, self.url, self.v1, self.model = port, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port}/v1", model
-        self.log = tempfile.NamedTemporaryFile("w+", encoding="utf-8", prefix="llama-cpp-server-", suffix=".log",
-                                               delete=False)
-        self._final_output = None
-        self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", *args, "--host", "127.0.0.1",
-                                      "--port", str(port)], cwd=REPO_ROOT, env={**os.environ, **(env or {})},
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        atexit.register(self.stop)
-        try:
-            self._wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-
-    def _wait_ready(self, timeout: float) -> None:
-        """Returns once ``/v1/models`` answers (llama_cpp.server has no ``/health``); raises RuntimeError with the
-        server's output if it exits or never answers."""
-        deadline = time.time() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"llama_cpp.server exited with code {self.proc.returncode}:\n{self.output()}")
-            try:
-                if httpx.get(f"{self.v1}/models", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"llama_cpp.server did not answer within {timeout:.0f} s:\n{self.output()}")
-            time.sleep(0.3)
+        self.model = model
+        super().__init__(args, port, timeout=timeout, env=env)
 
 
 def llama_cpp_server_args(gguf_file: str | Path, n_ctx: int = 2048, n_threads: int | None = None,
