@@ -304,7 +304,7 @@ def draw_rag_flow(path: str | Path | None = None) -> Path:
     ax.axis("off")
     _box(ax, 0.2, 1.9, 1.6, 0.9, "document\n(.txt)", COLORS["ext"], 9)
     _box(ax, 2.3, 1.9, 1.7, 0.9, f"split at Chinese\npunctuation\n({CHUNK_SIZE} / overlap {CHUNK_OVERLAP})", COLORS["data"], 8)
-    _box(ax, 4.6, 3.1, 1.9, 0.9, "embed (bge-small-zh)\nFAISS index", COLORS["model"], 8)
+    _box(ax, 4.6, 3.1, 1.9, 0.9, "embed (tiny: USE multi-\nlingual; real: bge-small-zh)\nFAISS index", COLORS["model"], 8)
     _box(ax, 4.6, 0.7, 1.9, 0.9, "jieba words\nBM25", COLORS["model"], 8)
     _box(ax, 7.1, 1.9, 1.7, 0.9, "fusion (RRF)\ntop-k chunks", COLORS["data"], 8)
     _box(ax, 9.3, 1.9, 2.0, 0.9, "prompt: template\n+ context + question\n(stuff / refine)", COLORS["data"], 8)
@@ -382,8 +382,9 @@ def draw_gguf_layout(path: str | Path | None = None) -> Path:
                      "llama.context_length  llama.embedding_length  llama.block_count  llama.rope.freq_base\n"
                      "llama.attention.head_count / head_count_kv (GQA)   llama.rope.scaling.*\n"
                      "tokenizer.ggml.model = llama   tokens[]  scores[]  token_type[] (1 normal, 2 unknown, "
-                     "3 control, 6 byte)\ntokenizer.ggml.bos/eos/padding_token_id   tokenizer.chat_template",
-         COLORS["data"], 1.9),
+                     "3 control, 6 byte)\ntokenizer.ggml.bos/eos/padding_token_id   add_bos_token   tokenizer.chat_template\n"
+                     "general.sampling.temp / top_k / top_p / penalty_repeat (the course's generation defaults)",
+         COLORS["data"], 2.1),
         ("tensor infos", "per tensor: name (token_embd.weight, blk.0.attn_q.weight, ...) | n_dims | dims | "
                          "type (F16, Q8_0, Q4_K, ...) | offset", COLORS["model"], 0.8),
         ("padding", "zeros up to general.alignment (32 bytes)", COLORS["ext"], 0.4),

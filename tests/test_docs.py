@@ -101,15 +101,19 @@ GLOSSARY_LINK = re.compile(r"\]\(\.\./docs/glossary\.md#([\w-]+)\)")
 FIRST_USE = {
     "00_overview": ["lora", "modules-to-save", "pt", "sft", "sentencepiece", "rope", "gqa", "safetensors", "sha256",
                     "quantized-loading", "gradio", "gguf", "rag"],
-    "03_extend_vocab": ["byte-fallback"], "05_inference": ["chat-template", "sampling"],
-    "07_pretrain_and_sft_lora": ["label-masking", "packing", "eos", "zero"], "08_langchain_qa": ["faiss", "bm25", "rrf"],
-    "09_langchain_summarize": ["chain-types"], "10_openai_api": ["sse"],
-    "11_export_deploy": ["k-quants", "modelfile", "flm", "perplexity"], "13_troubleshooting": ["gated"],
+    "03_extend_vocab": ["byte-fallback"],
+    "05_inference": ["prompt-template", "sampling", "left-padding", "chat-template", "rope-scaling",
+                     "speculative-decoding", "draft-model", "quantized-loading"],
+    "07_pretrain_and_sft_lora": ["label-masking", "packing", "eos", "zero"], "08_langchain_qa": ["rag", "use-embedding", "faiss", "bm25", "rrf", "hit-at-k", "mrr", "reranker"],
+    "09_langchain_summarize": ["chain-types"], "10_openai_api": ["openai-api", "sse"],
+    "11_export_deploy": ["gguf", "k-quants", "modelfile", "flm", "perplexity"],
+    "12_evaluate": ["perplexity", "bits-per-char", "c-eval", "wilson-interval"], "13_troubleshooting": ["gated"],
 }
 # Notebooks with the apparatus (header, glossary links, exercises with hints/answers, self-check). The others were
 # being edited by other engineers when issue 18 added it: add each here once it has the apparatus.
-APPARATUS = ["00_overview", "01_crawl_prompts", "02_convert_llama", "04_merge_lora", "06_webui",
-             "09_langchain_summarize", "13_troubleshooting"]
+APPARATUS = ["00_overview", "01_crawl_prompts", "02_convert_llama", "04_merge_lora", "05_inference", "06_webui",
+             "08_langchain_qa", "09_langchain_summarize", "10_openai_api", "11_export_deploy", "12_evaluate",
+             "13_troubleshooting"]
 
 
 def _markdown(stem):
@@ -133,7 +137,8 @@ def test_first_use_terms_are_linked_to_the_glossary(stem):
 def test_pictures_linked_from_notebooks_exist():
     pics = [(p.stem, m) for p in sorted(NOTEBOOKS.glob("*.ipynb")) for _, text in _markdown(p.stem)
             for m in re.findall(r"\]\(\.\./(images/[\w.-]+)\)", text)]
-    assert {("04_merge_lora", "images/04_lora_merge.png"), ("09_langchain_summarize", "images/09_chain_types.png")} \
+    assert {("04_merge_lora", "images/04_lora_merge.png"), ("08_langchain_qa", "images/08_rag_flow.png"),
+            ("09_langchain_summarize", "images/09_chain_types.png"), ("11_export_deploy", "images/11_gguf_layout.png")} \
         <= set(pics)
     assert [f"{stem}: {p}" for stem, p in pics if not (REPO_ROOT / p).is_file()] == []
 

@@ -2,13 +2,15 @@
 server with the course's clients, the Modelfile's ADAPTER line."""
 import argparse
 import shutil
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from helpers import export as E
-from helpers import prompts, tiny
+from helpers import crawl, prompts, rag, tiny
 from helpers.tokenizer import load_tokenizer
 
 # Bytes per block and values per block of each ggml type, from ggml's block structs (ggml-common.h):
@@ -204,10 +206,25 @@ def test_llama_cpp_server_with_openai_and_langchain_clients():
                                   max_new_tokens=8, gpus="0", template=None)
         llm, template, _ = chains.llm_from_args(args)
         assert template == "raw"
-        # langchain-openai 1.x sends the limit as max_completion_tokens, which llama_cpp.server 0.3.36 ignores
-        # (it reads max_tokens only): the limit goes in extra_body, as notebook 11 says
-        llm = llm.bind(temperature=0, extra_body={"max_tokens": 8})
-        assert llm.invoke(msgs[0]["content"]).content == chat.choices[0].message.content
+        # unchanged: langchain-openai 1.x sends the limit as max_completion_tokens, which llama_cpp.server 0.3.36
+        # ignores; helpers.chains.api_llm also sends max_tokens, so the answer stops at 8 tokens like the chat above
+        assert llm.bind(temperature=0).invoke(msgs[0]["content"]).content == chat.choices[0].message.content
+
+        # the crawl step (step 01) pointed at it unchanged: one round asked and logged (a tiny model's answer is
+        # not JSON, so the round is recorded as rejected with its raw text, never lost)
+        out = Path(tempfile.mkdtemp()) / "crawl.jsonl"
+        res = crawl.crawl(out, 1, crawl.make_client(srv.v1), srv.model, progress=False, max_tokens=16, temperature=0)
+        logged = crawl.read_log(out)
+        assert res["rounds"] == 1 and len(logged) == 1 and logged[0]["raw"] and logged[0]["model"] == srv.model
+
+        # the QA step (step 08) with this server as its LLM: retrieval + the stuff chain over HTTP (short chunks: the
+        # server holds 512 tokens of context and refuses more with a 400, which LangChain raises)
+        qa = rag.build_qa(rag.DOCS_DIR / "panda.txt", llm, chain_type="stuff", k=1, template=template, chunk_size=150,
+                          chunk_overlap=0,
+                          index_dir=out.parent / "index")
+        ans = rag.answer(qa, "大熊猫主要吃什么？")
+        assert ans["sources"] and isinstance(ans["answer"], str)
+        shutil.rmtree(out.parent)
 
 
 def test_llama_cpp_server_refuses_missing_file(tmp_path):
