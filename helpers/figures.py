@@ -274,7 +274,7 @@ def draw_label_masking(path: str | Path | None = None) -> Path:
             x = 2.2
             for k, n in enumerate(lengths):
                 for j in range(n):
-                    _box(ax, x, y - 0.5, 0.6, 0.5, "-100" if j == 0 and k else "", palette[k], 6)
+                    _box(ax, x, y - 0.5, 0.6, 0.5, "-100" if j == 0 else "", palette[k], 6)  # every example
                     x += 0.65
             ax.text(x + 0.3, y - 0.3, "one row, position_ids restart per example,\nfirst label of each example = "
                     "-100: no padding", fontsize=8, va="center")
@@ -284,8 +284,8 @@ def draw_label_masking(path: str | Path | None = None) -> Path:
             for j in range(width):
                 _box(ax, 2.2 + j * 0.65, y - 0.5 - k * 0.6, 0.6, 0.5, "" if j < n else "pad", palette[k] if j < n
                      else COLORS["ext"], 6)
-        ax.text(2.2 + width * 0.65 + 0.3, y - 0.8, "pad to the longest row" if mode == "longest" else
-                "pad every row to --max_seq_length", fontsize=8, va="center")
+        ax.text(2.2 + width * 0.65 + 0.3, y - 0.8, ("pad to the longest row" if mode == "longest" else
+                "pad every row to --max_seq_length") + "\n(pad: label -100, attention_mask 0)", fontsize=8, va="center")
         y -= 0.6 * len(lengths) + 0.5
     fig.tight_layout()
     return _save(fig, path)

@@ -314,6 +314,55 @@ def efficiency_table(models: dict[str, str | Path], lines, base: str | None = No
     return df
 
 
+def char_coverage(sp_model: str | Path, lines) -> dict:
+    """How a SentencePiece model covers the Chinese characters of ``lines``; returns a dict:
+
+    ``chars`` / ``distinct`` (CJK occurrences / distinct characters), ``in_vocab`` / ``distinct_in_vocab`` (those
+    whose character is itself a NORMAL piece: 1 token or less, BPE may merge it further), ``fallback`` (occurrences
+    the model cannot spell with a piece: byte fallback, one token per UTF-8 byte, or ``<unk>`` without it),
+    ``fallback_tokens`` (what ``fallback`` costs: UTF-8 bytes with byte fallback, else 1 each), ``in_vocab_share``
+    and ``tokens_per_char`` (all tokens, no BOS, per CJK character; as :func:`tokens_per_chinese_char`).
+    """
+    import sentencepiece as spm
+
+    from .tokenizer import load_sp_proto
+
+    lines = list(lines)
+    proto = load_sp_proto(sp_model)
+    normal = {p.piece for p in proto.pieces if p.type in (TokenType.NORMAL, TokenType.USER_DEFINED)}
+    byte_fallback = any(p.type == TokenType.BYTE for p in proto.pieces)
+    counts = Counter(ch for x in lines for ch in CJK.findall(x))
+    if not counts:
+        raise VocabError(f"no Chinese characters in the {len(lines)} evaluation line(s); pass Chinese text "
+                         "(e.g. data/zh_heldout.txt)")
+    missing = {ch: n for ch, n in counts.items() if ch not in normal}
+    fallback = sum(missing.values())
+    chars = sum(counts.values())
+    sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+    tokens = sum(len(ids) for ids in sp.encode(lines))
+    return {"chars": chars, "distinct": len(counts), "in_vocab": chars - fallback,
+            "distinct_in_vocab": len(counts) - len(missing), "fallback": fallback,
+            "fallback_tokens": sum(n * (len(ch.encode("utf-8")) if byte_fallback else 1) for ch, n in missing.items()),
+            "in_vocab_share": (chars - fallback) / chars, "tokens_per_char": tokens / chars}
+
+
+def coverage_table(models: dict[str, str | Path], lines):
+    """A DataFrame, one row per tokenizer: vocabulary size, Chinese characters (occurrences, distinct), the share
+    spelled by a piece of their own, the fallback tokens per missing character, and tokens per Chinese character."""
+    import pandas as pd
+
+    lines = list(lines)
+    rows = []
+    for name, path in models.items():
+        c = char_coverage(path, lines)
+        rows.append({"tokenizer": name, "vocab": len(load_sp_proto(path).pieces), "chinese_chars": c["chars"],
+                     "distinct": c["distinct"], "distinct_in_vocab": c["distinct_in_vocab"],
+                     "in_vocab_share": round(c["in_vocab_share"], 3), "fallback_chars": c["fallback"],
+                     "tokens_per_fallback_char": round(c["fallback_tokens"] / c["fallback"], 2) if c["fallback"]
+                     else None, "tokens_per_char": round(c["tokens_per_char"], 3)})
+    return pd.DataFrame(rows)
+
+
 def plot_efficiency(df, path: str | Path | None = None, goal: float = 0.6):
     """Bar chart of tokens per Chinese character (goal line at ``goal`` x base); saved to ``path`` if given."""
     import matplotlib

@@ -97,7 +97,7 @@ def test_pinned_requirements_are_the_light_set_plus_the_extras_asked_for():
     assert {"torch", "transformers", "peft", "jieba", "gradio", "ipykernel", "papermill"} <= names(light)
     assert not {"gguf", "llama-cpp-python", "jupyterlab", "nbconvert", "pytest"} & names(light)
     export = core.pinned_requirements(["export"])
-    assert export[:len(light)] == light and names(export[len(light):]) == {"gguf", "llama-cpp-python"}
+    assert export[:len(light)] == light and names(export[len(light):]) == {"gguf", "llama-cpp-python", "starlette-context"}
     assert {"jupyterlab", "gguf", "pytest"} <= names(core.pinned_requirements(["lab", "export", "test"]))
     with pytest.raises(core.CourseError, match=r"extras: no extra 'gpu'.*'export'"):
         core.pinned_requirements(["gpu"])
@@ -133,8 +133,8 @@ def test_missing_requirements_compares_versions_and_skips_kept_packages():
     assert core.missing_requirements(installed=have)[0] == "torch==2.13.0"
     have["torch"] = "2.13.0+cpu"  # a local build of the pinned version satisfies the pin (PEP 440)
     assert "torch==2.13.0" not in core.missing_requirements(installed=have)
-    assert core.missing_requirements(skip={"torch"}, extras=["export"], installed=have)[-2:] == [
-        "gguf==0.19.0", "llama-cpp-python==0.3.36"]
+    assert core.missing_requirements(skip={"torch"}, extras=["export"], installed=have)[-3:] == [
+        "gguf==0.19.0", "llama-cpp-python==0.3.36", "starlette-context==0.3.6"]
     assert core.canonical_name("Langchain_Core.X") == "langchain-core-x"
 
 
@@ -204,8 +204,9 @@ def test_colab_install_of_absent_packages_only_needs_no_restart(colab, capsys):
     colab.state.update({n: v for n, v in _pyproject_pins("light").items() if n in COLAB_OLD and n != "torch"})
     colab.state.pop("huggingface-hub")
     report = core.colab_install(run=colab.pip, extras=["export"])
-    assert report.requested == ["jieba==0.42.1", "gguf==0.19.0", "llama-cpp-python==0.3.36"]
-    assert report.replaced == {} and set(report.added) == {"jieba", "gguf", "llama-cpp-python", "huggingface-hub"}
+    assert report.requested == ["jieba==0.42.1", "gguf==0.19.0", "llama-cpp-python==0.3.36", "starlette-context==0.3.6"]
+    assert report.replaced == {} and set(report.added) == {"jieba", "gguf", "llama-cpp-python", "starlette-context",
+                                                           "huggingface-hub"}
     assert not report.restart_needed and "No restart needed" in capsys.readouterr().out
 
 

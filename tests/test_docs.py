@@ -101,7 +101,7 @@ GLOSSARY_LINK = re.compile(r"\]\(\.\./docs/glossary\.md#([\w-]+)\)")
 FIRST_USE = {
     "00_overview": ["lora", "modules-to-save", "pt", "sft", "sentencepiece", "rope", "gqa", "safetensors", "sha256",
                     "quantized-loading", "gradio", "gguf", "rag"],
-    "03_extend_vocab": ["byte-fallback"],
+    "03_extend_vocab": ["byte-fallback", "vocab-extension", "pad-token"],
     "05_inference": ["prompt-template", "sampling", "left-padding", "chat-template", "rope-scaling",
                      "speculative-decoding", "draft-model", "quantized-loading"],
     "07_pretrain_and_sft_lora": ["label-masking", "packing", "eos", "zero"], "08_langchain_qa": ["rag", "use-embedding", "faiss", "bm25", "rrf", "hit-at-k", "mrr", "reranker"],
@@ -111,8 +111,8 @@ FIRST_USE = {
 }
 # Notebooks with the apparatus (header, glossary links, exercises with hints/answers, self-check). The others were
 # being edited by other engineers when issue 18 added it: add each here once it has the apparatus.
-APPARATUS = ["00_overview", "01_crawl_prompts", "02_convert_llama", "04_merge_lora", "05_inference", "06_webui",
-             "08_langchain_qa", "09_langchain_summarize", "10_openai_api", "11_export_deploy", "12_evaluate",
+APPARATUS = ["00_overview", "01_crawl_prompts", "02_convert_llama", "03_extend_vocab", "04_merge_lora", "05_inference", "06_webui",
+             "07_pretrain_and_sft_lora", "08_langchain_qa", "09_langchain_summarize", "10_openai_api", "11_export_deploy", "12_evaluate",
              "13_troubleshooting"]
 
 
@@ -138,6 +138,7 @@ def test_pictures_linked_from_notebooks_exist():
     pics = [(p.stem, m) for p in sorted(NOTEBOOKS.glob("*.ipynb")) for _, text in _markdown(p.stem)
             for m in re.findall(r"\]\(\.\./(images/[\w.-]+)\)", text)]
     assert {("04_merge_lora", "images/04_lora_merge.png"), ("08_langchain_qa", "images/08_rag_flow.png"),
+            ("07_pretrain_and_sft_lora", "images/07_label_masking_packing.png"),
             ("09_langchain_summarize", "images/09_chain_types.png"), ("11_export_deploy", "images/11_gguf_layout.png")} \
         <= set(pics)
     assert [f"{stem}: {p}" for stem, p in pics if not (REPO_ROOT / p).is_file()] == []

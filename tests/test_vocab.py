@@ -181,3 +181,53 @@ def test_efficiency_accepts_a_generator_and_names_bad_input():
         vocab.efficiency_table(models, lines, base="llama")
     with pytest.raises(CourseError, match="no Chinese characters"):
         vocab.tokens_per_chinese_char(tiny.base_sp_model(), ["only English"])
+
+
+# --------------------------------------------------------------------------- character coverage (step 03, issue 18)
+def _hand_sp_model(path, chars, byte_fallback=True):
+    """A hand-written LLaMA-like BPE model: <unk> <s> </s>, 256 byte pieces (if byte_fallback), '▁' and ``chars``."""
+    from sentencepiece import sentencepiece_model_pb2 as pb2
+
+    proto = pb2.ModelProto()
+    proto.pieces.add(piece="<unk>", score=0.0, type=pb2.ModelProto.SentencePiece.UNKNOWN)
+    proto.pieces.add(piece="<s>", score=0.0, type=pb2.ModelProto.SentencePiece.CONTROL)
+    proto.pieces.add(piece="</s>", score=0.0, type=pb2.ModelProto.SentencePiece.CONTROL)
+    if byte_fallback:
+        for b in range(256):
+            proto.pieces.add(piece=f"<0x{b:02X}>", score=0.0, type=pb2.ModelProto.SentencePiece.BYTE)
+    for k, piece in enumerate(["▁", *chars]):
+        proto.pieces.add(piece=piece, score=-float(k))
+    spec = proto.trainer_spec
+    spec.model_type, spec.byte_fallback = pb2.TrainerSpec.BPE, byte_fallback
+    spec.unk_id, spec.bos_id, spec.eos_id, spec.pad_id = 0, 1, 2, -1
+    proto.normalizer_spec.name, proto.normalizer_spec.add_dummy_prefix = "identity", True
+    proto.normalizer_spec.escape_whitespaces = True
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_char_coverage_counts_by_hand(tmp_path):
+    """Pieces: 中 and 文 only. Text: 中中文 / 国a文 / 。 -> CJK occurrences 中 中 文 国 文 (5, distinct 3: 中 文 国);
+    国 is missing -> 1 fallback occurrence = 3 UTF-8 bytes = 3 tokens. Tokens (no BOS): ▁中中文 = 4 (▁ 中 中 文);
+    ▁国a文 = ▁ + 3 bytes + 'a' (1 byte) + 文 = 6; ▁。 = ▁ + 3 bytes = 4 -> 14 tokens / 5 characters = 2.8."""
+    model = _hand_sp_model(tmp_path / "hand.model", ["中", "文"])
+    lines = ["中中文", "国a文", "。"]
+    c = vocab.char_coverage(model, lines)
+    assert c == {"chars": 5, "distinct": 3, "in_vocab": 4, "distinct_in_vocab": 2, "fallback": 1,
+                 "fallback_tokens": 3, "in_vocab_share": 0.8, "tokens_per_char": 14 / 5}
+    sp = spm.SentencePieceProcessor(model_file=str(model))  # the hand count of the bytes, checked by sentencepiece
+    assert sp.encode("国", out_type=str) == ["▁", "<0xE5>", "<0x9B>", "<0xBD>"]
+    no_bytes = vocab.char_coverage(_hand_sp_model(tmp_path / "nb.model", ["中", "文"], byte_fallback=False), lines)
+    assert no_bytes["fallback_tokens"] == 1  # <unk>: one token, and the character is lost
+
+
+def test_coverage_table_rows_and_errors(tmp_path):
+    a = _hand_sp_model(tmp_path / "a.model", ["中"])
+    b = _hand_sp_model(tmp_path / "b.model", ["中", "文", "国"])
+    df = vocab.coverage_table({"small": a, "large": b}, ["中文国"]).set_index("tokenizer")
+    assert df.loc["small", "vocab"] == 3 + 256 + 2 and df.loc["large", "vocab"] == 3 + 256 + 4
+    assert df.loc["small", "in_vocab_share"] == round(1 / 3, 3) and df.loc["small", "tokens_per_fallback_char"] == 3
+    assert df.loc["small", "tokens_per_char"] == round((1 + 1 + 6) / 3, 3)   # ▁ 中 + 2 x 3 bytes
+    assert df.loc["large", "fallback_chars"] == 0 and df.loc["large", "tokens_per_char"] == round(4 / 3, 3)
+    with pytest.raises(vocab.VocabError, match="no Chinese characters"):
+        vocab.char_coverage(a, ["only English"])
