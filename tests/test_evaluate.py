@@ -230,3 +230,31 @@ def test_continuation_scores_match_hand_loop(pt_model):
             logits = model(input_ids=torch.tensor([full])).logits[0].double()
         ref = sum(float(logits[t - 1, full[t]] - torch.logsumexp(logits[t - 1], 0)) for t in range(len(c_ids), len(full)))
         assert score == pytest.approx(ref, rel=1e-4)
+
+
+def test_parse_score_hand_cases():
+    assert [ev.parse_score(t) for t in ("4", "评分：5 分", "0 or 9", "", None, "打 3 分，满分 5")] == [4, 5, None, None,
+                                                                                                  None, 3]
+
+
+def test_judge_through_the_course_api_server():
+    """The judge talks to a real ``python -m helpers.api`` on 127.0.0.1 (the trained tiny model): each reply is the
+    server's own greedy answer to the judge prompt (asked again here with the openai client), scores are
+    parse_score of the replies, one score column per answer column; a dead URL is a CourseError naming it."""
+    import pandas as pd
+    from openai import OpenAI
+
+    from helpers.api import start_server
+
+    table = pd.DataFrame({"instruction": ["中国的首都是哪里？", "写一句问候语"],
+                          "base": ["北京", "你好"], "sft": ["北京是首都", "早上好"]})
+    with start_server(tiny.trained_model("sft"), extra=["--model_name", "judge"], env={"OMP_NUM_THREADS": "1"}) as srv:
+        got = ev.judge(table, srv.v1, model="judge", max_tokens=6)
+        client = OpenAI(base_url=srv.v1, api_key="x", max_retries=0)
+        want = client.chat.completions.create(model="judge", max_tokens=6, temperature=0, messages=[
+            {"role": "user", "content": ev.JUDGE_PROMPT.format(instruction="写一句问候语", answer="早上好")}])
+    assert list(got.columns) == ["instruction", "base", "base_reply", "sft", "sft_reply"]
+    assert got.loc[1, "sft_reply"] == want.choices[0].message.content
+    assert [ev.parse_score(r) for r in got["base_reply"]] == [None if pd.isna(x) else x for x in got["base"]]
+    with pytest.raises(CourseError, match="127.0.0.1:9"):
+        ev.judge(table, "http://127.0.0.1:9/v1", timeout=5)
