@@ -139,6 +139,16 @@ def _plt():
     return plt
 
 
+def _canvas(plt, size: tuple, xlim: tuple, ylim: tuple):
+    """A figure of ``size`` inches (100 dpi) with one axis-less drawing area spanning ``xlim`` x ``ylim``; returns
+    ``(fig, ax)``."""
+    fig, ax = plt.subplots(figsize=size, dpi=100)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(*ylim)
+    ax.axis("off")
+    return fig, ax
+
+
 def _save(fig, path: Path) -> Path:
     """Write ``fig`` as PNG without the (version-stamped) Software metadata; returns ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -179,10 +189,7 @@ def draw_pipeline(path: str | Path | None = None) -> Path:
     for col in columns.values():
         col.sort()
     height = max(len(c) for c in columns.values())
-    fig, ax = plt.subplots(figsize=(15, 7.5), dpi=100)
-    ax.set_xlim(-0.2, 3.05 * len(columns) + 0.2)
-    ax.set_ylim(-0.8, height + 0.3)
-    ax.axis("off")
+    fig, ax = _canvas(plt, (15, 7.5), (-0.2, 3.05 * len(columns) + 0.2), (-0.8, height + 0.3))
     w, h, pos = 2.0, 0.62, {}
     for d, nums in columns.items():
         top = (height + len(nums)) / 2 - 1
@@ -218,10 +225,7 @@ def draw_lora_merge(path: str | Path | None = None) -> Path:
     at each step. Returns the PNG path."""
     plt = _plt()
     path = Path(path or IMAGES / "04_lora_merge.png")
-    fig, ax = plt.subplots(figsize=(13, 5.2), dpi=100)
-    ax.set_xlim(0, 13)
-    ax.set_ylim(0, 5.2)
-    ax.axis("off")
+    fig, ax = _canvas(plt, (13, 5.2), (0, 13), (0, 5.2))
     _box(ax, 0.3, 2.6, 2.2, 2.2, "W\nd_out x d_in\n(frozen base)", COLORS["model"], 11)
     ax.text(2.8, 3.7, "+", fontsize=22, ha="center", va="center")
     _box(ax, 3.2, 2.6, 0.55, 2.2, "B\nd_out\nx r", COLORS["data"], 9)
@@ -251,10 +255,7 @@ def draw_label_masking(path: str | Path | None = None) -> Path:
     (``longest``, ``pad_to_max``, ``flatten``). Returns the PNG path."""
     plt = _plt()
     path = Path(path or IMAGES / "07_label_masking_packing.png")
-    fig, ax = plt.subplots(figsize=(13, 6.4), dpi=100)
-    ax.set_xlim(0, 20)
-    ax.set_ylim(0, 10)
-    ax.axis("off")
+    fig, ax = _canvas(plt, (13, 6.4), (0, 20), (0, 10))
     cell = lambda x, y, t, fc: _box(ax, x, y, 0.9, 0.7, t, fc, 8)  # noqa: E731
     tokens = ["<s>", "Below", "...", "### Inst", "...", "### Resp:", "Reply", "tokens", "...", "</s>"]
     ax.text(0.1, 9.5, "SFT record:  input_ids", fontsize=10, weight="bold")
@@ -298,10 +299,7 @@ def draw_rag_flow(path: str | Path | None = None) -> Path:
 
     plt = _plt()
     path = Path(path or IMAGES / "08_rag_flow.png")
-    fig, ax = plt.subplots(figsize=(14, 4.6), dpi=100)
-    ax.set_xlim(0, 14)
-    ax.set_ylim(0, 4.6)
-    ax.axis("off")
+    fig, ax = _canvas(plt, (14, 4.6), (0, 14), (0, 4.6))
     _box(ax, 0.2, 1.9, 1.6, 0.9, "document\n(.txt)", COLORS["ext"], 9)
     _box(ax, 2.3, 1.9, 1.7, 0.9, f"split at Chinese\npunctuation\n({CHUNK_SIZE} / overlap {CHUNK_OVERLAP})", COLORS["data"], 8)
     _box(ax, 4.6, 3.1, 1.9, 0.9, "embed (tiny: USE multi-\nlingual; real: bge-small-zh)\nFAISS index", COLORS["model"], 8)
@@ -372,10 +370,7 @@ def draw_gguf_layout(path: str | Path | None = None) -> Path:
     tensor data. Returns the PNG path."""
     plt = _plt()
     path = Path(path or IMAGES / "11_gguf_layout.png")
-    fig, ax = plt.subplots(figsize=(13, 6), dpi=100)
-    ax.set_xlim(0, 13)
-    ax.set_ylim(0, 6.4)
-    ax.axis("off")
+    fig, ax = _canvas(plt, (13, 6), (0, 13), (0, 6.4))
     parts = [
         ("header", "magic 'GGUF' | version 3 | tensor_count (u64) | metadata_kv_count (u64)", COLORS["ext"], 0.6),
         ("metadata", "general.architecture = llama   general.name   general.file_type (F16, Q4_K_M, ...)\n"
