@@ -17,16 +17,20 @@ export PYTHONUTF8 := 1
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	# torch first: on these machines `torch==2.13.0` is the CPU build on local disk
-	$(PY) -m pip install --quiet torch==2.13.0
-	# everything: the light set + [test] + [export] + [lab] (Colab/AutoDL take the light set: README)
-	# [export]'s llama-cpp-python compiles llama.cpp (~4-8 min on 2 cores); the multimodal part is not needed
-	CMAKE_ARGS="-DLLAVA_BUILD=OFF" DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[test,export,lab,train]"
-	# fastllm runtime for step 11: its wheel carries a CPU library; --no-deps skips its CUDA runtime wheels
-	$(PY) -m pip install --quiet --no-deps ftllm==1.9.0
-	touch $(STAMP)
+	@echo "installing the pinned packages into $(VENV) (first time ~5-10 min: llama.cpp compiles; log: $(VENV)/install.log)"
+	@$(PYTHON) -m venv $(VENV)
+	@# torch first: on these machines `torch==2.13.0` is the CPU build on local disk.
+	@# Then everything: the light set + [test] + [export] + [lab] + [train] (Colab/AutoDL take the light set: README);
+	@# [export]'s llama-cpp-python compiles llama.cpp (the multimodal part is not needed), [train]'s DeepSpeed builds no
+	@# ops at install time (DS_BUILD_OPS=0). Last, fastllm's runtime for step 11: its wheel carries a CPU library;
+	@# --no-deps skips its CUDA runtime wheels. pip's and setuptools' banners go to the log, shown only on failure.
+	@( set -e; \
+	  $(PY) -m pip install --quiet --upgrade pip; \
+	  $(PY) -m pip install --quiet torch==2.13.0; \
+	  CMAKE_ARGS="-DLLAVA_BUILD=OFF" DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[test,export,lab,train]"; \
+	  $(PY) -m pip install --quiet --no-deps ftllm==1.9.0 ) > $(VENV)/install.log 2>&1 \
+	  || { tail -n 40 $(VENV)/install.log; echo "install failed: the whole log is $(VENV)/install.log"; exit 1; }
+	@touch $(STAMP)
 
 ## Execute every notebook headless (tiny profile); executed copies go to build/executed/.
 course: venv

@@ -70,6 +70,8 @@ def test_makefile_and_ci_entry_point():
     make = (ROOT / "Makefile").read_text(encoding="utf-8")
     for target in ("course:", "test:", "lab:", "venv:"):
         assert f"\n{target}" in make
+    # pip's and setuptools' banners (nothing a learner can act on) go to a log shown only when the install fails
+    assert "> $(VENV)/install.log 2>&1" in make and "tail -n 40 $(VENV)/install.log" in make
     assert '-e ".[test,export,lab,train]"' in make, "`make` installs everything: the light set and every extra"
     assert "--ip=127.0.0.1" in make and "--allow-root" in make
     assert "--nbval-lax" in make and "HF_HUB_OFFLINE" in make
