@@ -24,10 +24,10 @@ $(STAMP): pyproject.toml
 	@# [export]'s llama-cpp-python compiles llama.cpp (the multimodal part is not needed), [train]'s DeepSpeed builds no
 	@# ops at install time (DS_BUILD_OPS=0). Last, fastllm's runtime for step 11: its wheel carries a CPU library;
 	@# --no-deps skips its CUDA runtime wheels. pip's and setuptools' banners go to the log, shown only on failure.
-	@( set -e; \
-	  $(PY) -m pip install --quiet --upgrade pip; \
-	  $(PY) -m pip install --quiet torch==2.13.0; \
-	  CMAKE_ARGS="-DLLAVA_BUILD=OFF" DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[test,export,lab,train]"; \
+	@# (&& chains the steps: `set -e` would be ignored inside a subshell on the left of ||)
+	@( $(PY) -m pip install --quiet --upgrade pip && \
+	  $(PY) -m pip install --quiet torch==2.13.0 && \
+	  CMAKE_ARGS="-DLLAVA_BUILD=OFF" DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[test,export,lab,train]" && \
 	  $(PY) -m pip install --quiet --no-deps ftllm==1.9.0 ) > $(VENV)/install.log 2>&1 \
 	  || { tail -n 40 $(VENV)/install.log; echo "install failed: the whole log is $(VENV)/install.log"; exit 1; }
 	@touch $(STAMP)
