@@ -369,8 +369,9 @@ def kquant_model() -> Path:
 
 
 def _briefly_train(model, ids: list[int], steps: int = 60, batch: int = 4, seq: int = 128) -> None:
-    """A few AdamW steps of next-token prediction on ``ids`` (one thread, fixed seed: deterministic, ~15 s), so
-    that perplexities of quantized copies mean something (a random model is flatter than uniform)."""
+    """A few steps of next-token prediction on ``ids`` through :func:`_adamw_steps` (one thread, fixed seed:
+    deterministic, ~15 s), so that perplexities of quantized copies mean something (a random model is flatter than
+    uniform)."""
     import torch
 
     threads = torch.get_num_threads()
@@ -378,14 +379,9 @@ def _briefly_train(model, ids: list[int], steps: int = 60, batch: int = 4, seq: 
     try:
         data = torch.tensor(ids[: len(ids) // seq * seq]).view(-1, seq)
         gen = torch.Generator().manual_seed(SEED)
-        opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        model.train()
-        for _ in range(steps):
-            x = data[torch.randint(0, len(data), (batch,), generator=gen)]
-            model(input_ids=x, labels=x).loss.backward()
-            opt.step()
-            opt.zero_grad()
-        model.eval()
+        batches = ({"input_ids": (x := data[torch.randint(0, len(data), (batch,), generator=gen)]), "labels": x}
+                   for _ in range(steps))
+        _adamw_steps(model, batches, lr=3e-3)
     finally:
         torch.set_num_threads(threads)
 
