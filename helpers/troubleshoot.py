@@ -81,7 +81,9 @@ def lora_effect(base_model: str | Path, adapter=None, text: str = "白日依山�
     base = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32).eval()
     tok = load_tokenizer(adapter or base_model)
     if len(tok) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tok), mean_resizing=False)
+        from .vocab import resize_embeddings
+
+        resize_embeddings(base, len(tok))  # new rows at the mean, as training, merging and loading do
     ids = tok(text, return_tensors="pt").input_ids
     with torch.no_grad():
         before = base(ids).logits.clone()
