@@ -244,3 +244,16 @@ def test_cli_quantize_and_lora(kq, lora_case, merged_f16, tmp_path, capsys):
     assert E.main(["modelfile", "--gguf", "./b.gguf", "--adapter", "./l.gguf", "--outfile", str(tmp_path / "Modelfile")]) == 0
     assert E.parse_modelfile((tmp_path / "Modelfile").read_text(encoding="utf-8"))["adapter"] == "./l.gguf"
     shutil.rmtree(tmp_path)
+
+
+def test_vllm_server_command_and_refusal():
+    """`vllm serve` as vLLM's docs write it (model positional, --served-model-name, --enable-lora with
+    --lora-modules NAME=PATH), on 127.0.0.1; without a CUDA GPU (here) it is refused with the reason, never started."""
+    args = E.vllm_serve_args("m", served_name="s", lora_dir="l", max_model_len=2048)
+    assert E.VllmServer.command(None, args, 8000) == [
+        "vllm", "serve", "m", "--served-model-name", "s", "--dtype", "float16", "--max-model-len", "2048",
+        "--enable-lora", "--max-lora-rank", "64", "--lora-modules", "my-lora=l", "--host", "127.0.0.1", "--port", "8000"]
+    assert E.VllmServer.ready_path == "/v1/models"
+    if not torch.cuda.is_available():
+        with pytest.raises(E.ExportError, match="CUDA GPU"):
+            E.start_vllm_server("m")

@@ -42,7 +42,8 @@ from .quantize import (QUANT_TYPES, QuantResult, check_quantizable, heldout_text
                        llama_cpp_tokens_per_s, quant_blockers, quant_table, quantize_gguf)
 from .runtime import (compare_with_llama_cpp, hf_greedy, hf_logits, llama_cpp_greedy, llama_cpp_logits,
                       llama_cpp_model, llama_cpp_tokenize)
-from .server import LlamaCppServer, llama_cpp_server_args, start_llama_cpp_server, vllm_commands
+from .server import (LlamaCppServer, VllmServer, llama_cpp_server_args, start_llama_cpp_server,
+                     start_vllm_server, vllm_commands, vllm_serve_args)
 from .sizes import SIZE_FORMATS, SIZE_MODELS, artifact_sizes, size_table, tensor_bytes
 from .source import DEFAULT_FAMILY, ExportError, SpVocab, sp_vocab
 
@@ -56,5 +57,6 @@ __all__ = [
     "size_table", "sp_vocab", "tensor_bytes", "tiny_merged_model",
     "QUANT_TYPES", "QuantResult", "check_quantizable", "heldout_text", "llama_cpp_perplexity", "llama_cpp_tokens_per_s",
     "quant_blockers", "quant_table", "quantize_gguf", "export_lora_gguf", "lora_gguf_plan", "LlamaCppServer",
-    "llama_cpp_server_args", "start_llama_cpp_server", "vllm_commands", "MODELFILE_COMMANDS",
+    "llama_cpp_server_args", "start_llama_cpp_server", "vllm_commands", "VllmServer", "start_vllm_server",
+    "vllm_serve_args", "MODELFILE_COMMANDS",
 ]

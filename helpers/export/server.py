@@ -69,6 +69,49 @@ def start_llama_cpp_server(gguf_file: str | Path, port: int | None = None, timeo
     return LlamaCppServer(args, port or free_port(), timeout, env, model=kwargs.get("model_alias", "chinese-alpaca"))
 
 
+def vllm_serve_args(merged_dir: str | Path, served_name: str = "chinese-alpaca-2", lora_dir: str | Path | None = None,
+                    max_model_len: int = 4096, dtype: str = "float16") -> list[str]:
+    """The ``vllm serve`` arguments (without host/port) for ``merged_dir``, plus ``--enable-lora`` for a PEFT adapter
+    (served as ``my-lora``); returns the argument list."""
+    args = [str(merged_dir), "--served-model-name", served_name, "--dtype", dtype, "--max-model-len", str(max_model_len)]
+    if lora_dir:
+        args += ["--enable-lora", "--max-lora-rank", "64", "--lora-modules", f"my-lora={lora_dir}"]
+    return args
+
+
+class VllmServer(ServerProcess):
+    """``vllm serve MODEL ... --host 127.0.0.1 --port P`` as a subprocess (CUDA GPU only); ``url``/``v1`` as for the
+    course server, ``model`` the served name."""
+
+    name = "vllm serve"
+    ready_path = "/v1/models"
+    log_prefix = "vllm-"
+
+    def command(self, args: list[str], port: int) -> list[str]:
+        """Returns ``vllm serve ARGS --host 127.0.0.1 --port PORT``."""
+        return ["vllm", "serve", *args, "--host", "127.0.0.1", "--port", str(port)]
+
+    def __init__(self, args: list[str], port: int, timeout: float = 600.0, env: dict | None = None,
+                 model: str = "chinese-alpaca-2"):
+        self.model = model
+        super().__init__(args, port, timeout=timeout, env=env)
+
+
+def start_vllm_server(merged_dir: str | Path, port: int | None = None, timeout: float = 600.0,
+                      served_name: str = "chinese-alpaca-2", **kwargs) -> VllmServer:
+    """Starts vLLM's OpenAI server on 127.0.0.1 for ``merged_dir`` (``kwargs``: :func:`vllm_serve_args`); returns the
+    :class:`VllmServer` once it answers. Refuses, with the reason, a machine without a CUDA GPU or without vLLM."""
+    import shutil
+
+    import torch
+
+    if not torch.cuda.is_available() or shutil.which("vllm") is None:
+        raise ExportError("vLLM needs a CUDA GPU and `pip install vllm` (this machine: "
+                          + ("no CUDA GPU" if not torch.cuda.is_available() else "no `vllm` command") + ")")
+    return VllmServer(vllm_serve_args(merged_dir, served_name, **kwargs), port or free_port(), timeout,
+                      model=served_name)
+
+
 def vllm_commands(merged_dir: str = "chinese-alpaca-2-7b", lora_dir: str | None = "my-lora", port: int = 8000,
                   served_name: str = "chinese-alpaca-2") -> str:
     """The shell commands that serve a merged HF model with vLLM behind the OpenAI API (GPU only), and the same
